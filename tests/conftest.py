@@ -1,0 +1,89 @@
+"""Shared test set-up: offline datasets, a private cache, no downloads, and lesson execution."""
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "datasets"
+LESSON_RUNS = None  # set in pytest_configure; read by the terminal summary
+
+
+def pytest_addoption(parser):
+    parser.addoption("--preset", default="quick", choices=["quick", "full", "auto"],
+                     help="preset the notebook tests execute the lessons in (default: quick)")
+
+
+def pytest_configure(config):
+    global LESSON_RUNS
+    os.environ.setdefault("TLKIT_DATA", str(SHARED_DATA))
+    if not Path(os.environ["TLKIT_DATA"]).is_dir():
+        raise pytest.UsageError(f"TLKIT_DATA={os.environ['TLKIT_DATA']} does not exist: the tests use the course's "
+                                "shared datasets (../shared/datasets beside the project) and never download.")
+    os.environ["TLKIT_CACHE"] = tempfile.mkdtemp(prefix="tlkit-test-cache-")
+    os.environ["TLKIT_PROGRESS"] = "0"
+    os.environ["TLKIT_OFFLINE"] = "1"
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    LESSON_RUNS = LessonRuns(Path(tempfile.mkdtemp(prefix="tlkit-test-lessons-")), config.getoption("--preset"))
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Tests never download: only file:// URLs may be opened."""
+    real = urllib.request.urlopen
+
+    def guarded(url, *args, **kwargs):
+        target = url if isinstance(url, str) else url.full_url
+        if not target.startswith("file:"):
+            raise urllib.error.URLError(f"tests are offline (refused {target})")
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", guarded)
+    import torch.hub
+    if hasattr(torch.hub, "urlopen"):  # torchvision weights download through torch.hub
+        monkeypatch.setattr(torch.hub, "urlopen", guarded)
+
+
+class LessonRuns:
+    """Executes each lesson notebook at most once per session and keeps its result."""
+
+    def __init__(self, out: Path, preset: str):
+        self.out, self.preset, self.results = out, preset, {}
+
+    def __call__(self, lesson_id: str):
+        from tlkit.lessons import execute_in_subprocess, list_lessons, select
+        if lesson_id not in self.results:
+            (lesson,) = select([lesson_id], list_lessons())
+            self.results[lesson_id] = execute_in_subprocess(lesson, self.out, {"preset": self.preset}, None, False)
+        return self.results[lesson_id]
+
+
+@pytest.fixture(scope="session")
+def lesson_result():
+    """`lesson_result("03")` -> the LessonResult of executing that notebook (once per session)."""
+    return LESSON_RUNS
+
+
+@pytest.fixture(scope="session")
+def lesson_metrics():
+    """`lesson_metrics("03")` -> the values the notebook recorded; fails the test if the notebook failed."""
+    def get(lesson_id: str) -> dict:
+        result = LESSON_RUNS(lesson_id)
+        if result.status != "ok":
+            pytest.fail(f"lesson {result.lesson} failed: {result.error}")
+        return result.metrics
+    return get
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not LESSON_RUNS or not LESSON_RUNS.results:
+        return
+    terminalreporter.section(f"lesson notebooks ({LESSON_RUNS.preset} preset)")
+    for r in LESSON_RUNS.results.values():
+        peak = f"{r.peak_mb:.0f} MB" if r.peak_mb else "?"
+        terminalreporter.write_line(f"{r.lesson:28s} {r.status:7s} {r.wall_s:6.0f} s  peak {peak}")
+    terminalreporter.write_line(f"executed notebooks: {LESSON_RUNS.out}")

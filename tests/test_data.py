@@ -1,0 +1,190 @@
+"""Dataset resolution, download verification, corrupt files, splits and transforms."""
+import os
+import shutil
+import urllib.error
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tlkit import data
+
+
+def make_folder(root: Path, classes=("a", "b"), per_class=6, size=(40, 30)) -> Path:
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / c / f"{i}.jpg")
+    return root
+
+
+@pytest.fixture
+def registry_entry(monkeypatch, tmp_path):
+    """A registry entry 'toy' whose official URL is a local zip (the real download code, no network)."""
+    src = make_folder(tmp_path / "src" / "toy_data")
+    archive = tmp_path / "toy_data.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(src.rglob("*")):
+            zf.write(p, p.relative_to(src.parent).as_posix())
+    info = data.DatasetInfo("toy", "toy_data", "a toy", url=archive.as_uri(), content_sha256=data.content_digest(src))
+    monkeypatch.setitem(data.REGISTRY, "toy", info)
+    monkeypatch.setenv("TLKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TLKIT_OFFLINE", raising=False)
+    monkeypatch.setenv("TLKIT_DATA", str(tmp_path / "nowhere"))
+    return info, src, archive
+
+
+def test_resolution_order_explicit_then_env_then_cache(registry_entry, tmp_path, monkeypatch):
+    info, src, _ = registry_entry
+    explicit = make_folder(tmp_path / "mine")
+    assert data.resolve(explicit) == explicit
+    env_root = tmp_path / "envdata"
+    shutil.copytree(src, env_root / "toy_data")
+    cached = tmp_path / "cache" / "toy_data"
+    shutil.copytree(src, cached)
+    monkeypatch.setenv("TLKIT_DATA", str(env_root))
+    assert data.resolve("toy") == env_root / "toy_data"          # $TLKIT_DATA wins over the cache
+    monkeypatch.setenv("TLKIT_DATA", str(tmp_path / "nowhere"))
+    assert data.resolve("toy") == cached                          # then the cache
+
+
+def test_download_verifies_and_unpacks(registry_entry, tmp_path):
+    info, src, _ = registry_entry
+    root = data.resolve("toy")
+    assert root == tmp_path / "cache" / "toy_data"
+    assert data.content_digest(root) == info.content_sha256
+    assert len(data.get_splits("toy", val_fraction=0.5).train) == 6
+
+
+def test_download_with_wrong_content_leaves_nothing(registry_entry, tmp_path, monkeypatch):
+    info, _, _ = registry_entry
+    monkeypatch.setitem(data.REGISTRY, "toy", data.DatasetInfo("toy", "toy_data", "", url=info.url,
+                                                               content_sha256="0" * 64))
+    with pytest.raises(data.DatasetNotFoundError, match="differ from the expected content"):
+        data.resolve("toy")
+    assert not any((tmp_path / "cache").glob("*toy*"))
+
+
+def test_offline_error_names_every_place(registry_entry, tmp_path, monkeypatch):
+    info, _, _ = registry_entry
+    monkeypatch.setitem(data.REGISTRY, "toy", data.DatasetInfo("toy", "toy_data", "", url="https://example.invalid/toy.zip"))
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.resolve("toy")
+    msg = str(err.value)
+    assert str(tmp_path / "nowhere" / "toy_data") in msg
+    assert str(tmp_path / "cache" / "toy_data") in msg
+    assert "https://example.invalid/toy.zip" in msg and "TLKIT_DATA" in msg
+
+
+def test_unknown_name_or_missing_path():
+    with pytest.raises(data.DatasetNotFoundError, match="neither a registry name"):
+        data.resolve("no_such_dataset_here")
+
+
+def test_hymenoptera_digest_matches_registry():
+    """The registered content digest is the one of the official archive's files."""
+    root = data.resolve("hymenoptera")
+    assert data.content_digest(root) == data.REGISTRY["hymenoptera"].content_sha256
+
+
+def test_hymenoptera_skips_placeholder_gif_with_warning():
+    data.scan_folder.cache_clear()
+    with pytest.warns(UserWarning, match=r"skipped 1 file.*imageNotFound\.gif"):
+        splits = data.get_splits("hymenoptera")
+    assert (len(splits.train), len(splits.val)) == (244, 153)
+    assert splits.classes == ["ants", "bees"]
+    assert not any(str(p).endswith(".gif") for p in splits.train.items)
+
+
+def test_corrupt_and_foreign_files_are_skipped_and_counted(tmp_path):
+    root = make_folder(tmp_path / "ds", per_class=4)
+    (root / "a" / "garbage.jpg").write_bytes(b"not an image at all")
+    good = (root / "a" / "0.jpg").read_bytes()
+    (root / "a" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "b" / "notes.txt").write_text("hello")
+    Image.new("RGB", (8, 8)).save(root / "b" / "anim.gif")
+    data.scan_folder.cache_clear()
+    with pytest.warns(UserWarning, match="skipped 4 file"):
+        scan = data.scan_folder(str(root))
+    assert len(scan.samples) == 8
+    reasons = {Path(p).name: why for p, why in scan.skipped}
+    assert "corrupt" in reasons["garbage.jpg"] and "corrupt" in reasons["truncated.jpg"]
+    assert set(reasons) == {"garbage.jpg", "truncated.jpg", "notes.txt", "anim.gif"}
+
+
+def test_layout_errors_are_clear(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DatasetLayoutError, match="no class sub-folders"):
+        data.get_splits(tmp_path / "empty")
+    half = make_folder(tmp_path / "half" / "train")
+    assert half.exists()
+    with pytest.raises(data.DatasetLayoutError, match="only one of train/ and val/"):
+        data.get_splits(tmp_path / "half")
+
+
+def test_split_is_stratified_reproducible_and_disjoint():
+    a = data.get_splits("dtd10", seed=0)
+    b = data.get_splits("dtd10", seed=0)
+    c = data.get_splits("dtd10", seed=1)
+    assert a.train.items == b.train.items and a.val.items == b.val.items
+    assert a.val.items != c.val.items
+    assert not set(a.train.items) & set(a.val.items)
+    assert set(a.val.class_counts().values()) == {24}          # 20 % of 120 per class
+    assert set(a.train.class_counts().values()) == {96}
+
+
+def test_subset_keeps_class_shares():
+    train = data.get_splits("dtd10").train
+    sub = train.subset(0.25, seed=3)
+    assert set(sub.class_counts().values()) == {24}
+    assert sub.items == train.subset(0.25, seed=3).items
+    assert len(train.subset(10, seed=0)) == 10
+    with pytest.raises(ValueError):
+        train.subset(1.5)
+
+
+def test_user_folder_without_split(tmp_path):
+    root = make_folder(tmp_path / "mine", classes=("cats", "dogs", "owls"), per_class=10)
+    splits = data.get_splits(root, val_fraction=0.2)
+    assert splits.classes == ["cats", "dogs", "owls"]
+    assert set(splits.val.class_counts().values()) == {2}
+
+
+def test_digits_is_embedded():
+    splits = data.get_splits("digits")
+    img = splits.train.image(0)
+    assert img.size == (32, 32) and img.mode == "RGB"
+    assert len(splits.classes) == 10 and len(splits.train) + len(splits.val) == 1797
+
+
+def test_transforms_shapes_and_denormalize():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8))
+    norm = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    x = data.eval_transform(64, norm)(img)
+    assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+    assert data.train_transform(48, norm)(img).shape == (3, 48, 48)
+    plain = data.eval_transform(64, ((0, 0, 0), (1, 1, 1)))(img)
+    assert torch.allclose(data.denormalize(x, norm), plain, atol=1e-5)
+
+
+def test_dataloaders_batches():
+    dls = data.dataloaders("hymenoptera", image_size=64, batch_size=16, fraction=0.5)
+    x, y = next(iter(dls.train))
+    assert x.shape == (16, 3, 64, 64) and y.dtype == torch.int64
+    assert dls.num_classes == 2 and len(dls.train.dataset) == 122
+
+
+def test_fingerprint_changes_with_files(tmp_path):
+    root = make_folder(tmp_path / "fp")
+    a = data.get_splits(root, val_fraction=0.5).train
+    before = a.fingerprint()
+    assert before == data.get_splits(root, val_fraction=0.5).train.fingerprint()
+    Image.new("RGB", (41, 30)).save(a.items[0])
+    os.utime(a.items[0], ns=(1, 1))
+    assert a.fingerprint() != before

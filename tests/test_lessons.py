@@ -1,0 +1,65 @@
+"""The lesson runner: listing, parameter checks, failing notebooks, run folder."""
+import json
+
+import nbformat
+import pytest
+
+from tlkit import lessons
+from tlkit.config import ParameterError
+
+
+def write_nb(path, cells, params='preset = "auto"\nscale = 1'):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    p = nbformat.v4.new_code_cell(params)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p] + [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture
+def toy_lessons(tmp_path, monkeypatch):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    write_nb(folder / "00_ok.ipynb", ["import tlkit", "tlkit.record('answer', 21 * scale)"])
+    write_nb(folder / "01_broken.ipynb", ["x = 1", "raise ValueError('dataset folder has no images')", "y = 2"])
+    monkeypatch.setenv("TLKIT_NOTEBOOKS", str(folder))
+    return folder
+
+
+def test_list_and_select(toy_lessons):
+    found = lessons.list_lessons()
+    assert [l.stem for l in found] == ["00_ok", "01_broken"]
+    assert lessons.select(["1"], found)[0].name == "broken"
+    assert lessons.select(["00_ok"], found)[0].id == "00"
+    with pytest.raises(ParameterError, match="no lesson"):
+        lessons.select(["7"], found)
+
+
+def test_unknown_parameter_is_refused_before_anything_runs(toy_lessons, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = lessons.main(["lessons", "run", "--out", str(out), "-p", "sclae", "2"])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "'sclae'" in err and "preset, scale" in err
+
+
+def test_parse_value():
+    assert lessons.parse_value("3") == 3 and lessons.parse_value("0.5") == 0.5
+    assert lessons.parse_value("None") is None and lessons.parse_value("dtd10") == "dtd10"
+    assert lessons.parse_value("[1, 2]") == [1, 2]
+
+
+def test_failing_lesson_is_reported_and_the_others_still_run(toy_lessons, tmp_path):
+    out = tmp_path / "run"
+    results = lessons.run_lessons(["1", "0"], preset="quick", out=out, params={"scale": 2}, echo=lambda *_: None)
+    by_name = {r.lesson: r for r in results}
+    broken, ok = by_name["01_broken"], by_name["00_ok"]
+    assert broken.status == "failed" and "ValueError: dataset folder has no images" in broken.error
+    assert "`raise ValueError('dataset folder has no images')`" in broken.error  # points at the failing code
+    assert ok.status == "ok" and ok.metrics == {"answer": 42} and ok.peak_mb > 10
+    summary = json.loads((out / "metrics.json").read_text())
+    assert set(summary["lessons"]) == {"00_ok", "01_broken"}
+    page = (out / "index.html").read_text()
+    assert "01_broken" in page and "failed" in page and "answer=42" in page
+    assert (out / "00_ok.html").exists() and (out / "00_ok.ipynb").exists()

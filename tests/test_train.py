@@ -1,0 +1,136 @@
+"""The fit loop: learning, schedules, NaN handling, checkpoints and resume."""
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from tlkit import Learner, NonFiniteLossError
+from tlkit.data import DataLoaders
+
+
+class NoisyBlobs(Dataset):
+    """Two Gaussian blobs as 1x8x8 'images'; a random flip per item exercises the RNG."""
+
+    def __init__(self, n=96, seed=0, augment=True):
+        self.augment = augment
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.arange(n) % 2
+        self.x = torch.randn(n, 1, 8, 8, generator=g) + (self.y.float() * 2 - 1).view(-1, 1, 1, 1)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        x = self.x[i]
+        if self.augment and torch.rand(()) < 0.5:  # augmentation drawn from the global RNG
+            x = x.flip(-1)
+        return x, self.y[i]
+
+
+def tiny_net():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Dropout(0.1), nn.Linear(4, 2))
+
+
+def make_learner(seed=0, **kw):
+    torch.manual_seed(seed)
+    dls = DataLoaders(DataLoader(NoisyBlobs(), batch_size=16, shuffle=True),
+                      DataLoader(NoisyBlobs(48, seed=1, augment=False), batch_size=32), ["neg", "pos"], None)
+    return Learner(tiny_net(), dls, progress=False, **kw)
+
+
+def test_fit_learns_and_records_history():
+    learn = make_learner()
+    hist = learn.fit(4, 0.05)
+    assert list(hist.columns) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    assert hist["val_acc"].iloc[-1] > 0.9 and hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0]
+    learn.fit(1, 0.01)
+    assert len(learn.history) == 5
+
+
+def test_schedule_sets_each_groups_lr_every_step():
+    learn = make_learner(opt="sgd")
+    seen = []
+    learn.fit(2, 0.1, schedule=lambda t: 1 - t / 2, callbacks=[
+        lambda ev, l: seen.append((l.step, l.opt.param_groups[0]["lr"])) if ev == "after_batch" else None])
+    assert len(seen) == 12
+    for step, lr in seen:
+        assert lr == pytest.approx(0.1 * (1 - step / 6 / 2), rel=1e-12)
+
+
+def test_nan_loss_stops_before_the_bad_step():
+    learn = make_learner()
+    learn.fit(1, 0.01)
+    state = {k: v.clone() for k, v in learn.net.state_dict().items()}
+
+    def poison(event, l):
+        if event == "before_epoch":
+            l.loss_fn = lambda out, y: out.sum() * float("nan")
+
+    with pytest.raises(NonFiniteLossError, match="10x lower"):
+        learn.fit(1, 0.01, callbacks=[poison])
+    after = learn.net.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state if "running" not in k and "num_batches" not in k)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
+    reference = make_learner(seed=3)
+    reference.fit(3, 0.05, checkpoint=tmp_path / "ref")
+    def stop_in_epoch_three(event, l):
+        if event == "after_batch" and l.epoch == 2 and l.step % 6 == 2:
+            raise KeyboardInterrupt
+
+    torch.manual_seed(3)
+    interrupted = make_learner(seed=3)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(3, 0.05, checkpoint=tmp_path / "run", callbacks=[stop_in_epoch_three])
+    assert len(interrupted.history) == 2
+
+    torch.manual_seed(999)
+    resumed = make_learner(seed=42)       # fresh weights: everything must come from the checkpoint
+    hist = resumed.fit(3, 0.05, checkpoint=tmp_path / "run", resume=True)
+    assert list(hist["epoch"]) == [1, 2, 3]
+    ref_state, new_state = reference.net.state_dict(), resumed.net.state_dict()
+    for k in ref_state:
+        assert torch.equal(ref_state[k], new_state[k]), k
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    learn = make_learner()
+    learn.fit(1, 0.05, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="same settings"):
+        make_learner().fit(2, 0.05, checkpoint=tmp_path, resume=True)
+
+
+def test_save_load_roundtrip_and_preds(tmp_path):
+    learn = make_learner()
+    learn.fit(1, 0.05)
+    path = learn.save(tmp_path / "m.pt", classes=["neg", "pos"])
+    other = make_learner(seed=7)
+    state = other.load(path)
+    assert state["classes"] == ["neg", "pos"]
+    p1, y1 = learn.get_preds()
+    p2, y2 = other.get_preds()
+    assert torch.equal(p1, p2) and torch.equal(y1, y2)
+    assert torch.allclose(p1.sum(1), torch.ones(len(p1)))
+    ev = learn.evaluate()
+    assert ev["acc"] == pytest.approx((p1.argmax(1) == y1).float().mean().item())
+
+
+def test_bf16_autocast_trains_on_cpu():
+    learn = make_learner(precision="bf16")
+    hist = learn.fit(3, 0.05)
+    assert hist["val_acc"].iloc[-1] > 0.8
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="choose one of"):
+        make_learner(opt="rmsprop-typo")
+    with pytest.raises(ValueError, match="precision"):
+        make_learner(precision="int4")
+    with pytest.raises(ValueError, match="at least 1"):
+        make_learner().fit(0)

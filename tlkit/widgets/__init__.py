@@ -1,0 +1,1 @@
+"""ipywidgets UIs for the lessons; every callback is a plain function tests can call without a browser."""
