@@ -1,6 +1,7 @@
 # tlkit workbench: `make lessons` runs every lesson, `make test` runs the test suite.
 # Each target creates the environment first if it is missing or out of date.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 TLKIT_VENV ?= .venv
 VENV_PY := $(TLKIT_VENV)/bin/python
@@ -22,7 +23,9 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV_PY) || $(PYTHON) -m venv $(TLKIT_VENV)
-	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -e ".[lab,test]"
+	@echo "Creating the environment in $(TLKIT_VENV) (first time: a few minutes) ..."
+	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -e ".[lab,test]" 2>&1 \
+	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	@rm -f $(TLKIT_VENV)/.tlkit-env-*
 	@touch $@
 
