@@ -1,0 +1,45 @@
+"""Lesson 03 executes in the quick preset: the finder restores the model and its suggestions hold up on a grid."""
+import math
+
+import pytest
+
+pytestmark = pytest.mark.notebook
+
+RULES = ("min10", "steep", "valley")
+
+
+def test_finder_leaves_the_model_untouched(lesson_metrics):
+    m = lesson_metrics("03")
+    assert m["weights_restored"] is True
+
+
+def test_suggestions_are_inside_the_sweep(lesson_metrics):
+    m = lesson_metrics("03")
+    for rule in RULES:
+        lr = m[f"lr_{rule}"]
+        assert lr is not None and math.isfinite(lr), rule
+        assert 1e-8 <= lr <= 10, (rule, lr)  # the sweep spans 1e-7..10; min10 may sit a decade below its point
+
+
+def test_grid_confirms_a_suggestion(lesson_metrics):
+    """The closest suggestion is within a decade of the grid's best LR, and the grid shows LR matters."""
+    m = lesson_metrics("03")
+    grid = m["lr_grid"]
+    lrs, val_loss, val_acc = grid["lr"], grid["val_loss"], grid["val_acc"]
+    assert len(lrs) == 6 and max(lrs) / min(lrs) == pytest.approx(1e4)
+    assert m["lr_grid_best"] in lrs
+    assert min(abs(d) for d in m["decades_from_grid_best"].values()) <= 1.0
+    finite = [v for v in val_loss if v is not None and math.isfinite(v)]
+    assert max(val_acc[i] for i in range(len(lrs)) if val_acc[i] is not None) > 0.8  # 2 classes: chance is 0.5
+    assert max(finite) > 2 * min(finite) or len(finite) < len(lrs)  # a bad LR is visibly bad (or diverges)
+
+
+def test_curves_before_and_after_unfreezing_were_measured(lesson_metrics):
+    m = lesson_metrics("03")
+    for key in ("frozen", "unfrozen"):
+        assert math.isfinite(m[f"first_loss_{key}"])
+        assert m[f"lr_valley_{key}"] is None or 1e-5 <= m[f"lr_valley_{key}"] <= 10
+
+
+def test_quick_preset_fits_binder(lesson_result):
+    assert lesson_result("03").peak_mb < 2048
