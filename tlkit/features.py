@@ -1,0 +1,271 @@
+"""Precomputed activations: run a frozen backbone once, cache the features on disk, train heads on them.
+
+Why: with the body frozen, every epoch of "frozen backbone + new head" recomputes exactly the same
+features. Computing them once turns each later epoch into a few matrix multiplications. The cache
+is keyed by everything the features depend on (backbone, its weights, the images, the transform,
+the decode size, the input shape), so changing any of them computes fresh features instead of
+reusing stale ones.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
+
+from . import data
+
+FORMAT_VERSION = 1
+
+
+class FeatureSet(TensorDataset):
+    """Cached backbone outputs `x [N, D]` (float32) with labels `y [N]` (long); a TensorDataset.
+
+    `compute_seconds` is what computing them cost the first time (kept in the cache file), and
+    `from_cache` says whether this object was read from disk instead of computed.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, key: str = "", classes: Sequence[str] = (),
+                 compute_seconds: float = float("nan"), from_cache: bool = False, path: Path | None = None):
+        if x.dim() != 2 or y.dim() != 1 or len(x) != len(y):
+            raise ValueError(f"features must be [N, D] with labels [N]; got {tuple(x.shape)} and {tuple(y.shape)}")
+        super().__init__(x.float(), y.long())
+        self.key, self.classes = key, list(classes)
+        self.compute_seconds, self.from_cache, self.path = compute_seconds, from_cache, path
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.tensors[0]
+
+    @property
+    def y(self) -> torch.Tensor:
+        return self.tensors[1]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def targets(self) -> list[int]:
+        return self.y.tolist()
+
+    def take(self, indices: Sequence[int]) -> "FeatureSet":
+        """The rows at `indices` (in memory: no recomputation)."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return FeatureSet(self.x[idx], self.y[idx], f"{self.key}[{len(idx)}]", self.classes, self.compute_seconds,
+                          self.from_cache)
+
+    def subset(self, fraction_or_count: float | int, seed: int = 0) -> "FeatureSet":
+        """A seeded, stratified subset, chosen exactly as `ImageList.subset` chooses images."""
+        return self.take(data.stratified_indices(self.targets, fraction_or_count, seed))
+
+    def __repr__(self) -> str:
+        origin = "cache" if self.from_cache else "computed"
+        return f"FeatureSet({len(self)} x {self.feature_dim}, {len(self.classes)} classes, {origin}, key={self.key})"
+
+
+# ---------------------------------------------------------------- cache keys
+
+def default_cache_dir() -> Path:
+    """Where features are cached unless told otherwise: `<tlkit cache>/features`."""
+    return data.cache_dir() / "features"
+
+
+def input_shape(images: data.ImageList) -> tuple[int, ...]:
+    """Shape of one transformed image (C, H, W): the image size the backbone sees."""
+    if len(images) == 0:
+        raise ValueError("cannot compute features of an empty image list")
+    x, _ = images[0]
+    if not isinstance(x, torch.Tensor):
+        raise TypeError("precompute needs images whose transform returns tensors: "
+                        "use images.with_transform(tlkit.data.eval_transform(size, net.norm)).")
+    return tuple(x.shape)
+
+
+def key_parts(net: nn.Module, images: data.ImageList) -> dict:
+    """Everything the features depend on, as a JSON-able dict (shown to learners, hashed into the key)."""
+    return {"format": FORMAT_VERSION, "backbone": net.name, "weights": net.weights_id(),
+            "data": images.fingerprint(), "transform": repr(images.transform),
+            "decode_size": images.decode_size, "input_shape": list(input_shape(images))}
+
+
+def feature_key(net: nn.Module, images: data.ImageList) -> str:
+    """`<backbone>-<digest>`: a different backbone, weights, data, transform or size gives a different key."""
+    parts = key_parts(net, images)
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+    return f"{net.name}-{digest}"
+
+
+# ---------------------------------------------------------------- computing
+
+def transform_is_random(images: data.ImageList, index: int = 0) -> bool:
+    """True if transforming the same image twice gives different tensors (augmentation).
+
+    The global RNG is left as it was, so checking does not change a seeded run.
+    """
+    with torch.random.fork_rng(devices=[]):
+        first, _ = images[index]
+        second, _ = images[index]
+    return not torch.equal(first, second)
+
+
+def _modes(module: nn.Module) -> dict[nn.Module, bool]:
+    return {m: m.training for m in module.modules()}
+
+
+def _restore_modes(modes: dict[nn.Module, bool]) -> None:
+    for m, training in modes.items():
+        m.training = training
+
+
+@torch.no_grad()
+def compute_features(net: nn.Module, images: data.ImageList, batch_size: int = 64,
+                     device: torch.device | str | None = None, progress: bool | None = None,
+                     num_workers: int = 0, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `net.body` in eval mode over `images` once; returns (features [N, D] on CPU, labels [N]).
+
+    Every module's train/eval flag is restored afterwards, so a half-frozen net keeps its modes.
+    `channels_last` feeds NHWC batches (faster convolutions; the same features up to rounding).
+    """
+    from .train import progress_enabled
+    body = net.body
+    home = next(body.parameters()).device
+    device = torch.device(device) if device is not None else home
+    modes = _modes(body)
+    body.eval().to(device)
+    loader = data.make_loader(images, batch_size, shuffle=False, num_workers=num_workers)
+    show = progress_enabled() if progress is None else progress
+    try:
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        chunks = [body(x.to(device, memory_format=layout)).float().cpu()
+                  for x, _ in tqdm(loader, desc="precompute", disable=not show, leave=False)]
+    finally:
+        body.to(home)
+        _restore_modes(modes)
+    return torch.cat(chunks), torch.tensor(images.targets, dtype=torch.long)
+
+
+def precompute(net: nn.Module, images: data.ImageList, cache_dir: str | os.PathLike | None = None,
+               batch_size: int = 64, device: torch.device | str | None = None, progress: bool | None = None,
+               num_workers: int = 0, refresh: bool = False, channels_last: bool = False) -> FeatureSet:
+    """Features of `images` under the frozen `net.body`, read from the disk cache or computed once and saved.
+
+    `images` must already carry the (deterministic) eval transform. A random transform triggers a
+    warning: the cache would freeze one random view of each image, so augmentation would do nothing.
+    """
+    key = feature_key(net, images)
+    path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = path / f"{key}.pt"
+    if path.exists() and not refresh:
+        cached = load_features(path)
+        if cached is not None and cached.key == key:
+            return cached
+    if transform_is_random(images):
+        warnings.warn("precompute: the transform is random (augmentation). The cache keeps ONE random view of "
+                      "each image and every epoch sees that same view, so augmentation has no effect here; "
+                      "use an eval transform, or train with the backbone in the loop.", stacklevel=2)
+    start = time.perf_counter()
+    x, y = compute_features(net, images, batch_size, device, progress, num_workers, channels_last)
+    fs = FeatureSet(x, y, key, images.classes, time.perf_counter() - start, from_cache=False, path=path)
+    save_features(fs, path, key_parts(net, images))
+    return fs
+
+
+# ---------------------------------------------------------------- disk
+
+def save_features(fs: FeatureSet, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Write `fs` atomically: a temporary file in the same folder, then a rename.
+
+    Why: a run interrupted mid-write (or two runs writing at once) must never leave a truncated
+    file that a later run would load as valid features.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT_VERSION, "key": fs.key, "x": fs.x, "y": fs.y, "classes": fs.classes,
+             "compute_seconds": float(fs.compute_seconds), "meta": json.dumps(meta or {})}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_features(path: str | os.PathLike) -> FeatureSet | None:
+    """Read a cached FeatureSet; None (with a warning) if the file is unreadable or of another format."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("format") != FORMAT_VERSION:
+            return None
+        return FeatureSet(state["x"], state["y"], state["key"], state["classes"], state["compute_seconds"],
+                          from_cache=True, path=path)
+    except Exception as exc:  # a damaged file is recomputed, not trusted
+        warnings.warn(f"ignoring unreadable feature cache {path} ({type(exc).__name__}: {exc}); recomputing",
+                      stacklevel=2)
+        return None
+
+
+def cache_meta(fs: FeatureSet) -> dict:
+    """What a cached FeatureSet was computed from (backbone, weights id, data, transform, size)."""
+    if fs.path is None or not Path(fs.path).exists():
+        return {}
+    return json.loads(torch.load(fs.path, map_location="cpu", weights_only=True)["meta"])
+
+
+# ---------------------------------------------------------------- training heads on features
+
+@dataclass
+class FeatureLoaders:
+    """Training/validation loaders over FeatureSets; a drop-in `dls` for `tlkit.Learner`."""
+
+    train: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def feature_loaders(train_fs: FeatureSet, val_fs: FeatureSet, batch_size: int = 32,
+                    seed: int | None = None) -> FeatureLoaders:
+    """Shuffled training and ordered validation loaders over features (seeded shuffling with `seed`)."""
+    if train_fs.feature_dim != val_fs.feature_dim:
+        raise ValueError(f"train features have {train_fs.feature_dim} dims, validation {val_fs.feature_dim}: "
+                         "they come from different backbones")
+    return FeatureLoaders(data.make_loader(train_fs, batch_size, shuffle=True, seed=seed),
+                          data.make_loader(val_fs, batch_size * 2, shuffle=False),
+                          train_fs.classes or val_fs.classes)
+
+
+def head_learner(net: nn.Module, train_fs: FeatureSet, val_fs: FeatureSet, batch_size: int = 32,
+                 seed: int | None = None, **learner_kwargs):
+    """A `tlkit.Learner` that trains `net.head` alone on features.
+
+    The head is the Net's own module, so training it updates the Net in place: afterwards
+    `net(images)` uses the trained head with no copying.
+    """
+    from .train import Learner
+    learner_kwargs.setdefault("device", next(net.head.parameters()).device)
+    return Learner(net.head, feature_loaders(train_fs, val_fs, batch_size, seed), **learner_kwargs)
+
+
+def attach_head(net: nn.Module, head: nn.Module) -> nn.Module:
+    """Put a head trained elsewhere (e.g. a copy trained on features) into `net`, on the body's device."""
+    device = next(net.body.parameters()).device
+    net.head = head.to(device)
+    return net
