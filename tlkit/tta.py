@@ -1,0 +1,298 @@
+"""Test-time augmentation (TTA): predict on several views of each image and merge the predictions.
+
+Views come from deterministic crops of a larger resize (centre, mirror, five-crop, ten-crop: torchvision's
+`five_crop` / `ten_crop`) or from n random passes of the training augmentation, blended with the plain
+prediction as fastai's `tta(beta=...)` does. Merging averages *probabilities* by default; logit averaging
+and the geometric mean are there to compare.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
+
+from .data import DEFAULT_NORM, denormalize, make_loader
+
+__all__ = ["VIEW_COUNTS", "TEN_CROP_NAMES", "TEN_CROP_SUBSETS", "MERGES", "crop_views", "CropViews", "AugViews",
+           "view_transform", "aug_transform", "views_of", "view_panels", "predict_views", "merge", "blend",
+           "accuracy", "tta_logits", "tta_table", "fixed_and_broken", "seconds_per_image", "model_device"]
+
+VIEW_COUNTS = {"center": 1, "flip": 2, "five": 5, "ten": 10}
+# torchvision's fixed ten-crop order: four corners and the centre, then the same five crops of the mirrored
+# image (so "mirrored top-left" shows the original top-right corner, flipped).
+TEN_CROP_NAMES = ("top-left", "top-right", "bottom-left", "bottom-right", "centre",
+                  "mirrored top-left", "mirrored top-right", "mirrored bottom-left", "mirrored bottom-right",
+                  "mirrored centre")
+# Every cheaper crop TTA is a subset of the ten-crop views, so one ten-crop pass prices all of them.
+# ("flip" = views 4 and 9: torchvision mirrors the image before cropping, so view 9 is the exact mirror of
+# the centre crop when the margin (resized side - size) is even and one pixel off when it is odd.)
+TEN_CROP_SUBSETS = {"center": [4], "flip": [4, 9], "five": [0, 1, 2, 3, 4], "ten": list(range(10))}
+MERGES = ("prob", "logit", "geo")
+
+
+# ---------------------------------------------------------------- views
+
+def crop_views(img: torch.Tensor, size: int, mode: str = "ten") -> torch.Tensor:
+    """Stack the crop views of an image `[..., C, H, W]` into `[V, ..., C, size, size]`.
+
+    Order: "center" -> [centre]; "flip" -> [centre, its exact mirror]; "five"/"ten" -> torchvision's
+    order (`TEN_CROP_NAMES`), whose mirrored views are crops *of the mirrored image*.
+    """
+    if mode == "center":
+        views = [TF.center_crop(img, [size, size])]
+    elif mode == "flip":
+        centre = TF.center_crop(img, [size, size])
+        views = [centre, TF.horizontal_flip(centre)]
+    elif mode == "five":
+        views = list(TF.five_crop(img, [size, size]))
+    elif mode == "ten":
+        views = list(TF.ten_crop(img, [size, size]))
+    else:
+        raise ValueError(f"mode={mode!r}: choose one of {tuple(VIEW_COUNTS)}")
+    return torch.stack([v.as_subclass(torch.Tensor) for v in views])
+
+
+class CropViews:
+    """Transform: a resized, normalised image tensor -> its stacked crop views (picklable for workers)."""
+
+    def __init__(self, size: int, mode: str = "ten"):
+        if mode not in VIEW_COUNTS:
+            raise ValueError(f"mode={mode!r}: choose one of {tuple(VIEW_COUNTS)}")
+        self.size, self.mode = size, mode
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return crop_views(img, self.size, self.mode)
+
+    def __repr__(self) -> str:
+        return f"CropViews(size={self.size}, mode={self.mode!r})"
+
+
+def view_transform(size: int, norm=DEFAULT_NORM, mode: str = "ten", resize: int | None = None,
+                   crop_pct: float = 0.875) -> T.Compose:
+    """PIL image -> `[V, C, size, size]`: resize the shorter side to `resize`, normalise, cut the views.
+
+    With the default `resize = size / crop_pct`, the centre view is exactly `data.eval_transform`'s image,
+    so TTA is compared with the plain prediction on the same pixels.
+    Why normalise before cropping: it is pointwise, so the result is identical and done once, not V times.
+    """
+    resize = resize or int(round(size / crop_pct))
+    if resize < size:
+        raise ValueError(f"resize={resize} must be at least the crop size {size}")
+    return T.Compose([T.ToImage(), T.Resize(resize, antialias=True), T.ToDtype(torch.float32, scale=True),
+                      T.Normalize(*norm), CropViews(size, mode)])
+
+
+class AugViews:
+    """Transform: PIL image -> `[1 + n, C, H, W]`, the plain view first, then n random augmented passes."""
+
+    def __init__(self, plain: Callable, augment: Callable, n: int = 4):
+        if n < 1:
+            raise ValueError(f"n={n} augmented passes: need at least 1")
+        self.plain, self.augment, self.n = plain, augment, n
+
+    def __call__(self, img) -> torch.Tensor:
+        return torch.stack([self.plain(img)] + [self.augment(img) for _ in range(self.n)])
+
+    def __repr__(self) -> str:
+        return f"AugViews(n={self.n}, augment={self.augment!r})"
+
+
+def aug_transform(size: int, norm=DEFAULT_NORM, n: int = 4, augment: Callable | None = None,
+                  crop_pct: float = 0.875) -> AugViews:
+    """The plain eval view plus `n` passes of the training augmentation (default: `data.train_transform`)."""
+    from .data import eval_transform, train_transform
+    return AugViews(eval_transform(size, norm, crop_pct), augment or train_transform(size, norm), n)
+
+
+def views_of(images, i: int, transform: Callable, norm=DEFAULT_NORM) -> list[torch.Tensor]:
+    """The views of image `i` of an `ImageList` as the model sees them, de-normalised for display."""
+    return [denormalize(v, norm) for v in transform(images.image(i))]
+
+
+def view_panels(images, indices: Sequence[int], transform: Callable, logits: torch.Tensor,
+                names: Sequence[str] = TEN_CROP_NAMES, norm=DEFAULT_NORM) -> dict:
+    """Keyword arguments for `plots.show_images`: every view of each image, titled with the view's name
+    and its probability of the true class, green when that view alone is right, red when wrong."""
+    pictures, titles, colors = [], [], []
+    for i in indices:
+        target = images.targets[i]
+        probs = logits[i].softmax(-1)
+        for v, (picture, p) in enumerate(zip(views_of(images, i, transform, norm), probs)):
+            pictures.append(picture)
+            titles.append(f"{names[v]}\np(true)={p[target]:.2f}")
+            colors.append("green" if p.argmax().item() == target else "red")
+    return {"images": pictures, "titles": titles, "title_colors": colors}
+
+
+# ---------------------------------------------------------------- predicting and merging
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device a model's parameters (or buffers) live on; CPU for a model with neither."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def predict_views(model: nn.Module, loader, device: torch.device | str | None = None,
+                  max_batch: int = 32, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits `[N, V, K]` and targets `[N]` (on the CPU) for a loader of view stacks `[B, V, C, H, W]`.
+
+    A loader of plain batches `[B, C, H, W]` gives V = 1. The B * V views of a batch go through the
+    model in chunks of at most `max_batch` images (ten views multiply the activation memory by ten).
+    """
+    from tqdm.auto import tqdm
+    device = torch.device(device) if device is not None else model_device(model)
+    was_training = model.training
+    model.eval()
+    outs, ys = [], []
+    try:
+        for x, y in tqdm(loader, desc="views", disable=not progress, leave=False):
+            if x.dim() == 4:
+                x = x.unsqueeze(1)
+            b, v = x.shape[:2]
+            logits = torch.cat([model(chunk.to(device)).float().cpu() for chunk in x.flatten(0, 1).split(max_batch)])
+            outs.append(logits.view(b, v, -1))
+            ys.append(torch.as_tensor(y))
+    finally:
+        model.train(was_training)
+    return torch.cat(outs), torch.cat(ys)
+
+
+def merge(logits: torch.Tensor, how: str = "prob", dim: int = 1) -> torch.Tensor:
+    """Merge the predictions along `dim` of a logits tensor (e.g. `[N, V, K]`) into probabilities `[N, K]`.
+
+    - "prob":  mean of the softmax probabilities (the default: each view's vote is bounded by 1/V);
+    - "logit": softmax of the mean logits;
+    - "geo":   geometric mean of the probabilities, renormalised to sum to 1. It equals "logit"
+      (softmax's normaliser is a per-view constant), so one confident view can veto the others.
+    """
+    if how == "prob":
+        return logits.softmax(-1).mean(dim)
+    if how == "logit":
+        return logits.mean(dim).softmax(-1)
+    if how == "geo":
+        geo = logits.log_softmax(-1).mean(dim).exp()
+        return geo / geo.sum(-1, keepdim=True)
+    raise ValueError(f"how={how!r}: choose one of {MERGES}")
+
+
+def blend(plain_probs: torch.Tensor, aug_probs: torch.Tensor, beta: float = 0.25) -> torch.Tensor:
+    """fastai's TTA blend: `(1 - beta) * mean augmented prediction + beta * plain prediction`."""
+    if not 0 <= beta <= 1:
+        raise ValueError(f"beta={beta} must lie in [0, 1]")
+    return torch.lerp(aug_probs, plain_probs, beta)
+
+
+def accuracy(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of rows whose most probable class is the target."""
+    return (probs.argmax(-1) == targets).float().mean().item()
+
+
+def tta_logits(model: nn.Module, images, transform: Callable, batch_size: int = 16,
+               device: torch.device | str | None = None, num_workers: int = 0, decode_size: int | None = None,
+               max_batch: int = 32, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits `[N, V, K]` of every view `transform` makes of each image of an `ImageList`.
+
+    `decode_size` (default: the list's own) must match the plain pipeline's, e.g. `dls.val.dataset`'s:
+    JPEGs decoded at a reduced scale differ slightly in their pixels.
+    """
+    loader = make_loader(images.with_transform(transform, decode_size), batch_size, shuffle=False,
+                         num_workers=num_workers)
+    return predict_views(model, loader, device, max_batch, progress)
+
+
+def tta_table(ten_logits: torch.Tensor, targets: torch.Tensor, aug_logits: torch.Tensor | None = None,
+              beta: float = 0.25, hows: Sequence[str] = MERGES) -> pd.DataFrame:
+    """Accuracy and log-loss of every crop TTA (a subset of the ten-crop views) and merge rule.
+
+    `aug_logits` (`[N, 1 + n, K]`, plain view first) adds the fastai-style augmentation TTA rows.
+    """
+    rows = []
+
+    def add(name, views, probs):
+        nll = F.nll_loss(probs.clamp_min(1e-12).log(), targets).item()
+        rows.append({"tta": name, "views": views, "merge": how, "acc": accuracy(probs, targets), "loss": nll})
+
+    for how in hows:
+        for name, idx in TEN_CROP_SUBSETS.items():
+            add(name, len(idx), merge(ten_logits[:, idx], how))
+        if aug_logits is not None:
+            n = aug_logits.shape[1] - 1
+            add(f"aug x{n} (beta={beta:g})", n + 1,
+                blend(aug_logits[:, 0].softmax(-1), merge(aug_logits[:, 1:], how), beta))
+    return pd.DataFrame(rows)
+
+
+def fixed_and_broken(plain_probs: torch.Tensor, tta_probs: torch.Tensor,
+                     targets: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Indices TTA fixes (plain wrong, TTA right) and breaks (plain right, TTA wrong)."""
+    plain_ok = plain_probs.argmax(-1) == targets
+    tta_ok = tta_probs.argmax(-1) == targets
+    return (torch.nonzero(~plain_ok & tta_ok).flatten().tolist(),
+            torch.nonzero(plain_ok & ~tta_ok).flatten().tolist())
+
+
+# ---------------------------------------------------------------- cost
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def seconds_per_image(models: nn.Module | Sequence[nn.Module], batch: torch.Tensor, views: int = 1,
+                      repeats: int = 3, warmup: int = 1, max_batch: int | None = None) -> float:
+    """Median wall time per *image* to run every model on `views` copies of each image in `batch`.
+
+    Only the network's work is timed (the views are built once beforehand), which is what grows
+    with TTA's k and the ensemble's M; decoding and resizing the image are paid once either way.
+    The views go through in forward passes of `max_batch` images (default: `len(batch)`), so k views
+    cost k passes of the same size as the single prediction's.
+    """
+    models = [models] if isinstance(models, nn.Module) else list(models)
+    max_batch = max_batch or len(batch)
+    stacked = batch.repeat_interleave(views, dim=0) if views > 1 else batch
+    inputs = [stacked.to(model_device(m)) for m in models]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    times = []
+    try:
+        for r in range(warmup + repeats):
+            t0 = time.perf_counter()
+            for m, x in zip(models, inputs):
+                for chunk in x.split(max_batch):
+                    m(chunk)
+                _sync(x.device)
+            if r >= warmup:
+                times.append(time.perf_counter() - t0)
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+    return float(np.median(times)) / len(batch)
+
+
+def plot_accuracy_vs_cost(table: pd.DataFrame, x: str = "ms_per_image", y: str = "acc", label: str = "method",
+                          ax=None):
+    """Accuracy against measured inference cost (log scale), one marker per method, named in the legend."""
+    import matplotlib.pyplot as plt
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 4))
+    markers = "osD^v<>pPX*h"
+    for i, (_, row) in enumerate(table.iterrows()):
+        ax.scatter(row[x], row[y], s=60, marker=markers[i % len(markers)], label=str(row[label]))
+    ax.set_xscale("log")
+    ax.set(xlabel="inference time per image (ms, log scale)", ylabel="validation accuracy",
+           title="what the extra accuracy costs")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.figure.tight_layout()
+    return ax
