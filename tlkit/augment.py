@@ -334,4 +334,4 @@ def time_steps(model: torch.nn.Module, loader: Iterable, n_steps: int = 10, warm
     ev = np.array(events[warmup:]) - events[warmup][0]
     total, wait = ev[-1, 2] - ev[0, 0], float((ev[:, 1] - ev[:, 0]).sum())
     return {"step_s": total / n_steps, "data_wait_s": wait / n_steps, "compute_s": (total - wait) / n_steps,
-            "events": ev.round(5).tolist()}
+            "events": ev.tolist()}
