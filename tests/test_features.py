@@ -77,6 +77,18 @@ def test_precompute_keeps_a_half_frozen_nets_modes(tmp_path):
     assert before["body.1"] is False and before["body.3"] is True
 
 
+def test_a_cache_miss_and_a_cache_hit_leave_the_same_global_rng(tmp_path):
+    """Why: a seeded lesson must train the same head whether or not the features were cached."""
+    net, images = tiny_net(), random_images().with_transform(eval_tf())
+    after = []
+    for _ in range(2):  # the first call computes (a DataLoader draws a seed), the second reads the cache
+        torch.manual_seed(3)
+        fs = features.precompute(net, images, cache_dir=tmp_path, progress=False)
+        after.append((fs.from_cache, torch.rand(4)))
+    assert [hit for hit, _ in after] == [False, True]
+    assert torch.equal(after[0][1], after[1][1])
+
+
 def test_cache_round_trip_is_exact_and_does_not_recompute(tmp_path):
     net = tiny_net()
     counter = ForwardCounter(net.body)
@@ -253,6 +265,7 @@ def test_feature_loaders_shuffle_with_a_seed():
     assert torch.equal(first, again) and not torch.equal(first, train.y)
     assert torch.equal(torch.cat([y for _, y in dls.val]), val.y)  # validation order is kept
     assert dls.num_classes == 2
+    assert len(dls.train) == 13 and len(features.feature_loaders(train, val, 16, seed=5, drop_last=True).train) == 12
     with pytest.raises(ValueError, match="different backbones"):
         features.feature_loaders(train, features.FeatureSet(torch.zeros(4, 3), torch.zeros(4)), 4)
 

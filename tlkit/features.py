@@ -175,7 +175,8 @@ def precompute(net: nn.Module, images: data.ImageList, cache_dir: str | os.PathL
                       "each image and every epoch sees that same view, so augmentation has no effect here; "
                       "use an eval transform, or train with the backbone in the loop.", stacklevel=2)
     start = time.perf_counter()
-    x, y = compute_features(net, images, batch_size, device, progress, num_workers, channels_last)
+    with torch.random.fork_rng(devices=[]):  # so a cached and an uncached run leave the same RNG behind
+        x, y = compute_features(net, images, batch_size, device, progress, num_workers, channels_last)
     fs = FeatureSet(x, y, key, images.classes, time.perf_counter() - start, from_cache=False, path=path)
     save_features(fs, path, key_parts(net, images))
     return fs
@@ -242,18 +243,18 @@ class FeatureLoaders:
 
 
 def feature_loaders(train_fs: FeatureSet, val_fs: FeatureSet, batch_size: int = 32,
-                    seed: int | None = None) -> FeatureLoaders:
+                    seed: int | None = None, drop_last: bool = False) -> FeatureLoaders:
     """Shuffled training and ordered validation loaders over features (seeded shuffling with `seed`)."""
     if train_fs.feature_dim != val_fs.feature_dim:
         raise ValueError(f"train features have {train_fs.feature_dim} dims, validation {val_fs.feature_dim}: "
                          "they come from different backbones")
-    return FeatureLoaders(data.make_loader(train_fs, batch_size, shuffle=True, seed=seed),
+    return FeatureLoaders(data.make_loader(train_fs, batch_size, shuffle=True, seed=seed, drop_last=drop_last),
                           data.make_loader(val_fs, batch_size * 2, shuffle=False),
                           train_fs.classes or val_fs.classes)
 
 
 def head_learner(net: nn.Module, train_fs: FeatureSet, val_fs: FeatureSet, batch_size: int = 32,
-                 seed: int | None = None, **learner_kwargs):
+                 seed: int | None = None, drop_last: bool = False, **learner_kwargs):
     """A `tlkit.Learner` that trains `net.head` alone on features.
 
     The head is the Net's own module, so training it updates the Net in place: afterwards
@@ -261,7 +262,7 @@ def head_learner(net: nn.Module, train_fs: FeatureSet, val_fs: FeatureSet, batch
     """
     from .train import Learner
     learner_kwargs.setdefault("device", next(net.head.parameters()).device)
-    return Learner(net.head, feature_loaders(train_fs, val_fs, batch_size, seed), **learner_kwargs)
+    return Learner(net.head, feature_loaders(train_fs, val_fs, batch_size, seed, drop_last), **learner_kwargs)
 
 
 def attach_head(net: nn.Module, head: nn.Module) -> nn.Module:
