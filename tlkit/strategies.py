@@ -1,0 +1,372 @@
+"""Lesson 01's five transfer-learning strategies, each one small function returning a result row.
+
+A `Task` holds one dataset at one image size, decoded once into memory, so every strategy
+trains on the same pixels and the same seeded, stratified subsets. Each strategy returns
+`{"strategy", "acc", "trainable_params", "seconds", "train_images", ...}`; a list of rows is a
+results table.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from . import data, features, models, schedules
+from .train import Learner
+
+NAMES = {"frozen_head": "a: frozen head", "precomputed_head": "b: precomputed head",
+         "last_blocks": "c: last blocks", "last_blocks_hidden": "c': last blocks + hidden",
+         "full_finetune": "d: full fine-tune", "scratch": "e: scratch"}
+
+TEXTBOOK = {  # CS231n lecture 11 and Andrew Ng's CNN week 2, in one line each
+    ("similar", "little"): "freeze the body, train a linear head (b)",
+    ("similar", "lots"): "fine-tune the last few blocks (c)",
+    ("dissimilar", "little"): "hard: head on earlier-layer features, or last blocks (c)",
+    ("dissimilar", "lots"): "fine-tune many / all layers (d)",
+}
+
+
+# ---------------------------------------------------------------- the task every strategy shares
+
+def in_memory(images: data.ImageList, short_side: int) -> data.ImageList:
+    """Decode every image once, shrunk so its shorter side is `short_side`, and keep the pixels in memory.
+
+    Why: the strategies pass over the same few hundred photos dozens of times; decoding a JPEG
+    each time would cost more than the small network at these image sizes.
+    """
+    arrays, source = [], images.with_transform(None, decode_size=short_side)
+    for i in range(len(source)):
+        img = source.image(i)
+        scale = short_side / min(img.size)
+        if scale < 1:
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                             Image.BILINEAR, reducing_gap=None)
+        arrays.append(np.asarray(img))
+    return data.ImageList(arrays, images.targets, images.classes)
+
+
+@dataclass
+class Task:
+    """One dataset at one image size with the settings every strategy shares."""
+
+    name: str
+    train: data.ImageList   # untransformed, in memory
+    val: data.ImageList
+    image_size: int
+    backbone: str = "efficientnet_lite0"
+    batch_size: int = 32
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    cache_dir: Path | None = None
+    norm: tuple = data.DEFAULT_NORM
+    channels_last: bool = True  # faster convolutions on CPUs and GPUs; the numbers stay the same
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+    def transform(self, augment: bool = False):
+        """The training-time view (random crop + flip with `augment`) or the deterministic eval view."""
+        if augment:
+            return data.train_transform(self.image_size, self.norm, augment=True)
+        return data.eval_transform(self.image_size, self.norm)
+
+    def train_images(self, fraction: float = 1.0, augment: bool = False) -> data.ImageList:
+        """A seeded, stratified fraction of the training images with its transform."""
+        images = self.train if fraction == 1 else self.train.subset(float(fraction), self.seed)
+        return images.with_transform(self.transform(augment))
+
+    def val_images(self) -> data.ImageList:
+        return self.val.with_transform(self.transform(False))
+
+    def batch_for(self, fraction: float) -> int:
+        """The batch shrinks with the training fraction, so every run makes the same number of steps.
+
+        Why: with a fixed batch, 10 % of the data would also mean 10 % of the optimizer steps, and a
+        small training set would be confused with a short training run.
+        """
+        return self.batch_size if fraction == 1 else max(4, round(self.batch_size * fraction))
+
+    def loaders(self, fraction: float = 1.0, augment: bool = False) -> features.FeatureLoaders:
+        """Image loaders; the training order is seeded, so two strategies see the same batches.
+
+        The last, incomplete training batch is dropped (as in (b)'s feature loaders): a batch of one
+        image cannot be normalised by a training-mode BatchNorm layer on a 1x1 feature map.
+        """
+        return features.FeatureLoaders(
+            data.make_loader(self.train_images(fraction, augment), self.batch_for(fraction), shuffle=True,
+                             seed=self.seed, drop_last=True),
+            data.make_loader(self.val_images(), self.batch_size, shuffle=False), self.classes)
+
+    def net(self, pretrained: bool = True, hidden: int | None = None) -> models.Net:
+        """A fresh network; seeding first gives every strategy the same new head."""
+        torch.manual_seed(self.seed)
+        net = models.create(self.backbone, len(self.classes), pretrained=pretrained, hidden=hidden)
+        return net.to(self.device)
+
+    def features(self, net: models.Net, progress: bool | None = None) -> tuple[features.FeatureSet, features.FeatureSet]:
+        """Training and validation features of `net`'s frozen body (from the disk cache when present)."""
+        pre = dict(cache_dir=self.cache_dir, batch_size=self.batch_size, progress=progress,
+                   channels_last=self.channels_last)
+        return (features.precompute(net, self.train_images(), **pre),
+                features.precompute(net, self.val_images(), **pre))
+
+
+def make_task(dataset: str = "hymenoptera", image_size: int = 96, backbone: str = "efficientnet_lite0",
+              batch_size: int = 32, seed: int = 0, device: torch.device | str = "cpu",
+              cache_dir: str | Path | None = None, val_fraction: float = 0.2) -> Task:
+    """Load a dataset's splits and decode them once at the size `image_size` needs."""
+    splits = data.get_splits(dataset, seed=seed, val_fraction=val_fraction)
+    short_side = int(round(image_size / 0.875))  # what eval_transform resizes to before its centre crop
+    norm = models.LITE0_NORM if backbone == "efficientnet_lite0" else models.IMAGENET_NORM
+    return Task(str(dataset), in_memory(splits.train, short_side), in_memory(splits.val, short_side), image_size,
+                backbone, batch_size, seed, torch.device(device), Path(cache_dir) if cache_dir else None, norm)
+
+
+# ---------------------------------------------------------------- result rows
+
+def result_row(strategy: str, net: torch.nn.Module, hist: pd.DataFrame, seconds: float, train_images: int,
+               **extra) -> dict:
+    """One line of the results table: final validation accuracy, trainable parameters, wall time."""
+    return {"strategy": NAMES.get(strategy, strategy), "acc": float(hist["val_acc"].iloc[-1]),
+            "best_acc": float(hist["val_acc"].max()), "trainable_params": models.count_params(net),
+            "seconds": seconds, "train_images": train_images, "epochs": len(hist), **extra}
+
+
+def _fit(learn: Learner, epochs: int, lr, one_cycle: bool = False) -> tuple[pd.DataFrame, float]:
+    start = time.perf_counter()
+    hist = learn.fit(epochs, lr, schedule=schedules.one_cycle(epochs) if one_cycle else None)
+    return hist, time.perf_counter() - start
+
+
+def _train_images(fit_net: models.Net, task: Task, strategy: str, epochs: int, lr, fraction: float,
+                  augment: bool, progress: bool | None, one_cycle: bool = True, extra_seconds: float = 0.0,
+                  **extra) -> dict:
+    """Train `fit_net` (already frozen as the strategy needs) on images; the shared part of (a), (c), (d), (e)."""
+    dls = task.loaders(fraction, augment)
+    learn = Learner(fit_net, dls, device=task.device, progress=progress, channels_last=task.channels_last)
+    hist, seconds = _fit(learn, epochs, lr, one_cycle)
+    return result_row(strategy, fit_net, hist, seconds + extra_seconds, len(dls.train.dataset), fraction=fraction,
+                      augment=augment, history=hist, **extra)
+
+
+def _head_learner(task: Task, net: models.Net, train_fs: features.FeatureSet, val_fs: features.FeatureSet,
+                  fraction: float, progress: bool | None) -> Learner:
+    """A Learner for `net.head` on features, batched exactly like `task.loaders` batches the images."""
+    dls = features.FeatureLoaders(
+        data.make_loader(train_fs, task.batch_for(fraction), shuffle=True, seed=task.seed, drop_last=True),
+        data.make_loader(val_fs, task.batch_size, shuffle=False), task.classes)
+    return Learner(net.head, dls, device=task.device, progress=progress)
+
+
+def train_head_on_features(task: Task, net: models.Net, epochs: int = 5, lr: float = 3e-3, fraction: float = 1.0,
+                           progress: bool | None = None) -> tuple[pd.DataFrame, float]:
+    """Fit `net.head` on the cached features of `net.body` (the same training images as `fraction`)."""
+    train_fs, val_fs = task.features(net, progress)
+    if fraction != 1:
+        train_fs = train_fs.subset(float(fraction), task.seed)
+    return _fit(_head_learner(task, net, train_fs, val_fs, fraction, progress), epochs, lr)
+
+
+def freeze_batchnorm(net: models.Net) -> models.Net:
+    """Freeze every BatchNorm layer's scale and shift, which keeps its ImageNet statistics (eval mode).
+
+    Why: in training mode BatchNorm normalises with each small batch's own statistics and overwrites
+    its running averages within a few dozen steps, so the features the head was fitted on shift
+    under it; with a few hundred images that measured clearly worse than keeping ImageNet's.
+    """
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(False)
+    return net
+
+
+# ---------------------------------------------------------------- the five strategies
+
+def frozen_head(task: Task, epochs: int = 5, lr: float = 3e-3, fraction: float = 1.0, augment: bool = False,
+                progress: bool | None = None) -> dict:
+    """(a) Frozen body, new head, every image passed through the whole network in every epoch."""
+    net = models.freeze(task.net())
+    return _train_images(net, task, "frozen_head", epochs, lr, fraction, augment, progress, one_cycle=False)
+
+
+def precomputed_head(task: Task, epochs: int = 5, lr: float = 3e-3, fraction: float = 1.0,
+                     progress: bool | None = None) -> dict:
+    """(b) Frozen body run once (cached on disk), the head trained on the stored features.
+
+    `seconds` is the head training alone; `precompute_seconds` the one-off cost of the features
+    (as measured when they were first computed, even if this call read them from the cache).
+    """
+    net = models.freeze(task.net())
+    train_fs, val_fs = task.features(net, progress)
+    if fraction != 1:
+        train_fs = train_fs.subset(float(fraction), task.seed)
+    hist, seconds = _fit(_head_learner(task, net, train_fs, val_fs, fraction, progress), epochs, lr, one_cycle=False)
+    return result_row("precomputed_head", net, hist, seconds, len(train_fs), fraction=fraction, augment=False,
+                      precompute_seconds=train_fs.compute_seconds + val_fs.compute_seconds,
+                      from_cache=train_fs.from_cache and val_fs.from_cache, history=hist)
+
+
+def fine_tune(task: Task, net: models.Net, strategy: str, train_from: int, epochs: int, lr, fraction: float = 1.0,
+              augment: bool = False, head_epochs: int = 5, head_lr: float = 3e-3, keep_bn_stats: bool = True,
+              progress: bool | None = None, **extra) -> dict:
+    """Head first, then unfreeze layer groups `train_from`.. : the usual recipe (fastai's `fine_tune`, Keras' guide).
+
+    The new head is fitted with the body frozen (`head_epochs` on the cached features: nearly free), so no
+    random head's large gradients reach the pretrained layers; then the unfrozen groups train with a
+    one-cycle learning rate. `keep_bn_stats` keeps the ImageNet BatchNorm statistics (see `freeze_batchnorm`).
+    """
+    head_seconds = 0.0
+    if head_epochs:
+        _, head_seconds = train_head_on_features(task, models.freeze(net), head_epochs, head_lr, fraction, progress)
+    models.freeze_to(net, train_from)
+    if keep_bn_stats:
+        freeze_batchnorm(net)
+    return _train_images(net, task, strategy, epochs, lr, fraction, augment, progress, extra_seconds=head_seconds,
+                         head_epochs=head_epochs, keep_bn_stats=keep_bn_stats, **extra)
+
+
+def last_blocks(task: Task, epochs: int = 2, lr: float = 3e-4, fraction: float = 1.0, augment: bool = False,
+                hidden: int | None = None, train_from: int = 2, **kwargs) -> dict:
+    """(c) Early layer groups frozen; the last group(s) and the head trained. `hidden` adds your own layer."""
+    name = "last_blocks_hidden" if hidden else "last_blocks"
+    return fine_tune(task, task.net(hidden=hidden), name, train_from, epochs, lr, fraction, augment,
+                     hidden=hidden, **kwargs)
+
+
+def full_finetune(task: Task, epochs: int = 2, lr: float | slice = 3e-5, fraction: float = 1.0,
+                  augment: bool = False, **kwargs) -> dict:
+    """(d) Every layer trained from the pretrained weights (head first, see `fine_tune`).
+
+    The learning rate is 10x below (c)'s: the more pretrained layers move, the gentler each step must be.
+    """
+    return fine_tune(task, task.net(), "full_finetune", 0, epochs, lr, fraction, augment, **kwargs)
+
+
+def scratch(task: Task, epochs: int = 2, lr: float = 3e-3, fraction: float = 1.0, augment: bool = False,
+            progress: bool | None = None) -> dict:
+    """(e) The same architecture from random weights, same recipe as (c): what the pretrained weights are worth."""
+    net = models.unfreeze(task.net(pretrained=False))
+    return _train_images(net, task, "scratch", epochs, lr, fraction, augment, progress)
+
+
+STRATEGIES: dict[str, Callable[..., dict]] = {
+    "frozen_head": frozen_head, "precomputed_head": precomputed_head, "last_blocks": last_blocks,
+    "full_finetune": full_finetune, "scratch": scratch}
+
+
+# ---------------------------------------------------------------- tables
+
+def results_table(rows: Sequence[dict]) -> pd.DataFrame:
+    """Rows as a DataFrame without the per-epoch histories (those stay in the rows)."""
+    return pd.DataFrame([{k: v for k, v in r.items() if k != "history"} for r in rows])
+
+
+def fraction_sweep(task: Task, fractions: Sequence[float], runs: dict[str, Callable[[float], dict]],
+                   reuse: Sequence[dict] = ()) -> pd.DataFrame:
+    """Run every strategy in `runs` (name -> fn(fraction) -> row) at every training fraction.
+
+    Rows in `reuse` with the same strategy name and fraction are taken as they are, so the
+    100 % point of a sweep can be the main experiment's run instead of a second one.
+    """
+    known = {(r["strategy"], r["fraction"]): r for r in reuse}
+    rows = []
+    for fraction in fractions:
+        for name, run in runs.items():
+            label = NAMES.get(name, name)
+            row = known.get((label, fraction)) or run(fraction)
+            rows.append({"strategy": label, "fraction": fraction, "train_images": row["train_images"],
+                         "acc": row["acc"], "seconds": row["seconds"]})
+    return pd.DataFrame(rows)
+
+
+def winners(sweep: pd.DataFrame) -> dict[float, str]:
+    """The strategy with the best accuracy at each fraction (ties: the cheaper run)."""
+    best = sweep.sort_values(["fraction", "acc", "seconds"], ascending=[True, False, True])
+    return {float(f): g.iloc[0]["strategy"] for f, g in best.groupby("fraction")}
+
+
+def advice_table(similar: pd.DataFrame, dissimilar: pd.DataFrame, little: float, lots: float) -> pd.DataFrame:
+    """The lecture notes' 2x2 table (similar/dissimilar x little/lots of data): measured winner vs textbook."""
+    rows = []
+    for domain, sweep in (("similar", similar), ("dissimilar", dissimilar)):
+        found = winners(sweep)
+        for amount, fraction in (("little", little), ("lots", lots)):
+            sub = sweep[sweep["fraction"] == fraction]
+            rows.append({"data": domain, "amount": amount, "fraction": fraction,
+                         "train_images": int(sub["train_images"].iloc[0]),
+                         "measured winner": found[float(fraction)],
+                         "accuracies": ", ".join(f"{s[:1]} {a:.2f}" for s, a in zip(sub["strategy"], sub["acc"])),
+                         "textbook": TEXTBOOK[(domain, amount)]})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- why augmentation and a cache do not mix
+
+@torch.no_grad()
+def view_spread(net: models.Net, images: data.ImageList, augment_tfm, eval_tfm, n_images: int = 12,
+                n_views: int = 4, seed: int = 0) -> dict:
+    """How far augmentation moves an image's features, relative to how far apart different images are.
+
+    A precomputed cache stores one feature vector per image; this measures what that loses: the
+    spread of features over random views of the *same* image (which augmentation would feed the
+    head, a new one every epoch), next to the distance between *different* images.
+    """
+    idx = data.stratified_indices(images.targets, min(n_images, len(images)), seed)
+    modes = {m: m.training for m in net.body.modules()}
+    net.body.eval()
+    device = next(net.body.parameters()).device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pics = [images.image(i) for i in idx]
+        views = torch.stack([torch.stack([augment_tfm(p) for _ in range(n_views)]) for p in pics])
+        clean = torch.stack([eval_tfm(p) for p in pics])
+    feats = net.body(views.flatten(0, 1).to(device)).view(len(idx), n_views, -1).cpu()
+    fixed = net.body(clean.to(device)).cpu()
+    for m, training in modes.items():
+        m.training = training
+    within = (feats - feats.mean(1, keepdim=True)).norm(dim=2).mean().item()
+    between = torch.pdist(fixed).mean().item()
+    return {"within_image": within, "between_images": between, "ratio": within / between,
+            "views_per_image": n_views, "images": len(idx)}
+
+
+# ---------------------------------------------------------------- figures
+
+def plot_results(table: pd.DataFrame, axes=None):
+    """Three bar charts side by side: validation accuracy, trainable parameters, wall time."""
+    import matplotlib.pyplot as plt
+    from .plots import bar_table
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    bar_table(table, "strategy", "acc", ax=axes[0], ylim=(0, 1.05), title="validation accuracy")
+    bar_table(table.assign(params_m=table["trainable_params"] / 1e6), "strategy", "params_m", ax=axes[1],
+              title="trainable parameters (millions)")
+    bar_table(table, "strategy", "seconds", ax=axes[2], title="wall time (s)")
+    for ax in axes:
+        ax.set_xlabel("")
+    axes[0].figure.tight_layout()
+    return axes
+
+
+def plot_sweep(sweep: pd.DataFrame, ax=None, title: str | None = None):
+    """Validation accuracy against the number of training images, one line per strategy."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.8))
+    sns.lineplot(data=sweep, x="train_images", y="acc", hue="strategy", marker="o", ax=ax)
+    ax.set_xscale("log")
+    ticks = sorted(sweep["train_images"].unique())
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set(xlabel="training images (log scale)", ylabel="validation accuracy", title=title or "accuracy vs data")
+    ax.grid(alpha=0.3)
+    return ax
