@@ -165,7 +165,7 @@ def test_view_spread_is_zero_without_augmentation_and_positive_with_it():
 
 
 def test_freeze_batchnorm_keeps_statistics_through_training_mode(tmp_path):
-    net = S.freeze_batchnorm(models.unfreeze(tiny_task(tmp_path).net()))
+    net = models.freeze_batchnorm(models.unfreeze(tiny_task(tmp_path).net()))
     bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     before = [m.running_mean.clone() for m in bns]
     net.train()

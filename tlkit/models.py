@@ -190,6 +190,21 @@ def unfreeze(net: Net) -> Net:
     return freeze_to(net, 0)
 
 
+def freeze_batchnorm(net: Net) -> Net:
+    """Freeze the scale and shift of every BatchNorm layer in the body, so it keeps its ImageNet statistics too.
+
+    Why: a `Net` keeps BatchNorm layers with frozen parameters in eval mode, and in training mode a
+    BatchNorm layer would re-estimate its running statistics from small batches of a few hundred images
+    within a few dozen steps, shifting every later layer's inputs (the head's included). Every other
+    layer still trains (fastai's `bn_freeze`).
+    """
+    for m in net.body.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(False)
+    return net
+
+
 def count_params(net: nn.Module, trainable: bool = True) -> int:
     """Number of (trainable) parameters."""
     return sum(p.numel() for p in net.parameters() if p.requires_grad or not trainable)

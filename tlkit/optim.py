@@ -34,6 +34,18 @@ def lrs_for_groups(lr: float | slice | Sequence[float], n_groups: int) -> list[f
     return [float(lr)] * n_groups
 
 
+def differential_lrs(lr: float, ratio: float, n_groups: int) -> slice | float:
+    """`slice(lr / ratio**(n-1), lr)`: the head at `lr`, every earlier group `ratio` times lower (ratio 1: `lr`)."""
+    return float(lr) if ratio == 1 else slice(lr / ratio ** (n_groups - 1), lr)
+
+
+def default_group_ratio(dataset) -> float:
+    """The notes' rule: earlier groups 10x lower for ImageNet-like photos, 3x for dissimilar data (or unknown)."""
+    from .data import REGISTRY
+    info = REGISTRY.get(str(dataset))
+    return 10.0 if info is not None and info.similar_to_imagenet else 3.0
+
+
 def param_groups(net, lr: float | slice | Sequence[float]) -> list[dict]:
     """Optimizer parameter groups, one per layer group that has trainable parameters.
 

@@ -174,20 +174,6 @@ def train_head_on_features(task: Task, net: models.Net, epochs: int = 5, lr: flo
     return _fit(_head_learner(task, net, train_fs, val_fs, fraction, progress), epochs, lr)
 
 
-def freeze_batchnorm(net: models.Net) -> models.Net:
-    """Freeze every BatchNorm layer's scale and shift, which keeps its ImageNet statistics (eval mode).
-
-    Why: in training mode BatchNorm normalises with each small batch's own statistics and overwrites
-    its running averages within a few dozen steps, so the features the head was fitted on shift
-    under it; with a few hundred images that measured clearly worse than keeping ImageNet's.
-    """
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            for p in m.parameters(recurse=False):
-                p.requires_grad_(False)
-    return net
-
-
 # ---------------------------------------------------------------- the five strategies
 
 def frozen_head(task: Task, epochs: int = 5, lr: float = 3e-3, fraction: float = 1.0, augment: bool = False,
@@ -221,14 +207,14 @@ def fine_tune(task: Task, net: models.Net, strategy: str, train_from: int, epoch
 
     The new head is fitted with the body frozen (`head_epochs` on the cached features: nearly free), so no
     random head's large gradients reach the pretrained layers; then the unfrozen groups train with a
-    one-cycle learning rate. `keep_bn_stats` keeps the ImageNet BatchNorm statistics (see `freeze_batchnorm`).
+    one-cycle learning rate. `keep_bn_stats` keeps the ImageNet BatchNorm statistics (see `models.freeze_batchnorm`).
     """
     head_seconds = 0.0
     if head_epochs:
         _, head_seconds = train_head_on_features(task, models.freeze(net), head_epochs, head_lr, fraction, progress)
     models.freeze_to(net, train_from)
     if keep_bn_stats:
-        freeze_batchnorm(net)
+        models.freeze_batchnorm(net)
     return _train_images(net, task, strategy, epochs, lr, fraction, augment, progress, extra_seconds=head_seconds,
                          head_epochs=head_epochs, keep_bn_stats=keep_bn_stats, **extra)
 
