@@ -1,0 +1,159 @@
+"""Relative weight change per layer group, and reproducible fine-tuning runs from a shared start."""
+from types import SimpleNamespace
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tlkit import layer_change as lc
+from tlkit.models import Net, unfreeze
+from tlkit.optim import differential_lrs, param_groups
+from tlkit.train import Learner
+
+matplotlib.use("Agg")
+
+
+def tiny_net(extra_ungrouped: bool = False) -> Net:
+    torch.manual_seed(0)
+    early = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+    middle = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU())
+    late = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.ReLU())
+    layers = [early, middle, late, nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if extra_ungrouped:
+        layers.append(nn.Linear(8, 8))
+    head = nn.Linear(8, 3)
+    return Net(nn.Sequential(*layers), head, [early, middle, late, head], 8, ((0.5,) * 3, (0.5,) * 3), "tiny", False)
+
+
+def tiny_loaders(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(40, 3, 8, 8, generator=g), torch.randint(0, 3, (40,), generator=g)
+    train = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    return SimpleNamespace(train=train, val=DataLoader(TensorDataset(x[:16], y[:16]), batch_size=16))
+
+
+def test_relative_change_of_a_scaled_tensor_is_the_scale():
+    before = {"w": torch.randn(5, 7)}
+    assert lc.relative_change(before, {"w": before["w"] * 1.1}) == pytest.approx(0.1, rel=1e-6)
+    assert lc.relative_change(before, {"w": before["w"].clone()}) == 0.0
+
+
+def test_relative_change_pools_tensors_like_one_concatenated_vector():
+    torch.manual_seed(1)
+    before = {"a": torch.randn(3, 4), "b": torch.randn(10), "c": torch.randn(2, 2)}
+    after = {k: v + 0.01 * torch.randn_like(v) for k, v in before.items()}
+    flat = lambda d, keys: torch.cat([d[k].flatten() for k in keys]).double()
+    keys = ["a", "b"]
+    ref = torch.linalg.vector_norm(flat(after, keys) - flat(before, keys)) / torch.linalg.vector_norm(flat(before, keys))
+    assert lc.relative_change(before, after, keys) == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_group_names_match_the_optimizer_groups():
+    net = unfreeze(tiny_net(extra_ungrouped=True))
+    names = lc.group_param_names(net)
+    all_names = [n for g in names for n in g]
+    assert sorted(all_names) == sorted(n for n, _ in net.named_parameters())  # a partition
+    name_of = {id(p): n for n, p in net.named_parameters()}
+    for g in param_groups(net, 1e-3):
+        assert {name_of[id(p)] for p in g["params"]} <= set(names[g["layer_group"]])
+    assert "body.5.weight" in names[0]  # the ungrouped Linear follows group 0, as in param_groups
+
+
+def test_change_by_group_equals_lr_times_gradient_after_one_sgd_step():
+    net = unfreeze(tiny_net()).double().eval()
+    rates = [1e-4, 1e-3, 1e-2, 1e-1]
+    opt = torch.optim.SGD(param_groups(net, rates))
+    before = lc.snapshot(net)
+    x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    nn.functional.cross_entropy(net(x), y).backward()
+    expected = []
+    for group, lr in zip(net.groups, rates):
+        step = torch.cat([(lr * p.grad).flatten() for p in group.parameters()])
+        weights = torch.cat([p.detach().flatten() for p in group.parameters()])
+        expected.append((torch.linalg.vector_norm(step) / torch.linalg.vector_norm(weights)).item())
+    opt.step()
+    np.testing.assert_allclose(lc.relative_change_by_group(net, before), expected, rtol=1e-4)
+
+
+def test_change_by_tensor_lists_weight_matrices_in_network_order():
+    net = tiny_net()
+    before = lc.snapshot(net)
+    with torch.no_grad():
+        net.head.weight.mul_(1.5)
+    table = lc.relative_change_by_tensor(net, before)
+    assert list(table["name"]) == ["body.0.0.weight", "body.1.0.weight", "body.2.0.weight", "head.weight"]
+    assert list(table["depth"]) == [0, 1, 2, 3] and list(table["group"]) == [0, 1, 2, 3]
+    np.testing.assert_allclose(table["rel_change"], [0, 0, 0, 0.5], atol=1e-7)
+
+
+def test_finetune_from_is_reproducible_and_a_zero_lr_group_does_not_move():
+    net = unfreeze(tiny_net())
+    learn = Learner(net, tiny_loaders(), progress=False, device="cpu")
+    start = lc.copy_state(net)
+    lc.finetune_from(learn, start, 1e-2, 1, seed=3)  # consumes the loader's generator and the global RNG
+    a = lc.finetune_from(learn, start, [0.0, 0.0, 1e-3, 1e-2], 2, seed=3, label="a")
+    weights_a = lc.snapshot(net)
+    b = lc.finetune_from(learn, start, [0.0, 0.0, 1e-3, 1e-2], 2, seed=3, label="b")
+    assert all(torch.equal(weights_a[k], v) for k, v in lc.snapshot(net).items())  # same batches, same result
+    assert a.acc == b.acc and a.rel_change == b.rel_change
+    assert a.rel_change[0] == a.rel_change[1] == 0.0 and a.rel_change[2] > 0 and a.rel_change[3] > 0
+    assert a.lrs == [0.0, 0.0, 1e-3, 1e-2]
+
+
+def test_compare_ratios_gives_every_run_the_same_head_lr_and_steps_below():
+    net = unfreeze(tiny_net())
+    learn = Learner(net, tiny_loaders(), progress=False, device="cpu")
+    runs = lc.compare_ratios(learn, lc.copy_state(net), 1e-2, ratios=(10, 1, 3, 10), epochs=1)
+    assert list(runs) == ["uniform", "3x", "10x"]  # increasing ratio, each once
+    assert runs["uniform"].lrs == [1e-2] * 4
+    np.testing.assert_allclose(runs["10x"].lrs, [1e-5, 1e-4, 1e-3, 1e-2], rtol=1e-12)
+    np.testing.assert_allclose(runs["3x"].lrs, [1e-2 / 27, 1e-2 / 9, 1e-2 / 3, 1e-2], rtol=1e-12)
+    # Adam moves each weight by roughly the lr per step: the early group follows its lr
+    assert runs["10x"].rel_change[0] < runs["3x"].rel_change[0] < runs["uniform"].rel_change[0]
+    table = lc.change_table(list(runs.values()))
+    assert len(table) == 12 and list(table["run"].unique()) == ["uniform", "3x", "10x"]
+    ax = lc.plot_change_by_group(list(runs.values()))
+    assert len([p for p in ax.patches if p.get_height() > 0]) == 12
+    cmp = lc.Comparison("tiny", 10, 0.5, 1e-2, None, runs)
+    assert cmp.uniform is runs["uniform"] and cmp.differential is runs["10x"]
+    assert list(cmp.table()["run"]) == ["head only", "uniform", "3x", "10x"]
+
+
+def test_differential_lrs_is_a_slice_with_the_asked_step():
+    s = differential_lrs(1e-3, 3, 4)
+    assert s.stop == 1e-3 and s.start == pytest.approx(1e-3 / 27)
+    assert differential_lrs(1e-3, 1, 4) == 1e-3
+    assert lc.group_labels(4) == ["0 early", "1 middle", "2 late", "3 head"]
+    assert lc.group_labels(3)[-1] == "2 head"
+    assert [lc.ratio_label(r) for r in (1, 10, 3, 2.5)] == ["uniform", "10x", "3x", "2.5x"]
+
+
+def test_frozen_bn_stats_keeps_running_statistics_and_still_trains_the_affine_part():
+    net = unfreeze(tiny_net())
+    bn = net.body[0][1]
+    mean, var = bn.running_mean.clone(), bn.running_var.clone()
+    learn = Learner(net, tiny_loaders(), progress=False, device="cpu")
+    run = lc.finetune_from(learn, lc.copy_state(net), 1e-2, 1, bn_stats=False)
+    assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+    assert not torch.equal(bn.weight.detach(), torch.ones_like(bn.weight)) and run.rel_change[0] > 0
+    net.train()
+    assert bn.training  # the hooks are gone after the block
+    lc.finetune_from(learn, lc.copy_state(net), 1e-2, 1, bn_stats=True)
+    assert not torch.equal(bn.running_mean, mean)
+
+
+def test_lr_from_finder_is_ten_times_below_where_the_loss_doubled():
+    lrs = np.geomspace(1e-5, 1, 11)
+    flat_then_up = np.array([0.30, 0.28, 0.25, 0.26, 0.24, 0.27, 0.40, 0.45, 0.9, 2.0, 5.0])
+    result = SimpleNamespace(lrs=lrs, smoothed=flat_then_up, stopped_early=True, lr=lambda rule: 3e-4)
+    assert lc.divergence_lr(result) == lrs[8]  # 0.9 >= 2 x 0.24 is the first doubling
+    assert lc.lr_from_finder(result) == pytest.approx(lrs[8] / 10)
+    assert lc.lr_from_finder(result, rise=4) == pytest.approx(lrs[9] / 10)
+    calm = SimpleNamespace(lrs=lrs, smoothed=np.full(11, 0.3), stopped_early=False, lr=lambda rule: 3e-4)
+    assert lc.divergence_lr(calm) is None and lc.lr_from_finder(calm) == 3e-4
+    nan_end = SimpleNamespace(lrs=lrs[:4], smoothed=np.array([0.3, 0.3, 0.31, np.nan]), stopped_early=True,
+                              lr=lambda rule: None)
+    assert lc.divergence_lr(nan_end) == lrs[3]
