@@ -1,0 +1,231 @@
+"""The full recipe on a tiny generated folder dataset, the result helpers, and the saved final model."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from sklearn.metrics import confusion_matrix, recall_score
+
+from tlkit import data, features, models, recipe
+
+SIZE = 32
+
+
+def _make_folder(root, per_class=10, split=False):
+    """Two colour classes of noisy 48x40 photos ("reddish" vs "bluish"), optionally under train/ and val/."""
+    rng = np.random.default_rng(0)
+    for c, (name, channel) in enumerate([("bluish", 2), ("reddish", 0)]):
+        for i in range(per_class):
+            part = ("val" if i % 4 == 0 else "train") if split else None
+            folder = root / part / name if part else root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            img = rng.integers(0, 120, size=(40, 48, 3), dtype=np.uint8)
+            img[..., channel] += 120
+            Image.fromarray(img).save(folder / f"{name}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_recipe(tmp_path_factory):
+    """`fine_tune` run once on a folder without a split (the user-folder case), every step at 32 px."""
+    root = _make_folder(tmp_path_factory.mktemp("tiny_folder"), per_class=10)
+    r = recipe.fine_tune(str(root), image_size=SIZE, batch_size=8, head_epochs=2, aug_cycles=1, all_cycles=2,
+                         head_lr_iters=20, all_lr_iters=8, tta_mode="flip", progress=False,
+                         cache_dir=tmp_path_factory.mktemp("features"))
+    return r, root
+
+
+def test_fine_tune_records_every_step_in_order(tiny_recipe):
+    r, _ = tiny_recipe
+    steps = r.acc_after_step
+    assert [s["step"] for s in steps] == list(recipe.STEP_NAMES.values())
+    assert all(0.0 <= s["acc"] <= 1.0 for s in steps)
+    assert len(r.splits.val) == 4 and len(r.splits.train) == 16  # seeded stratified 80/20 split
+    # whole-network fit with cycle_mult=2 and 2 cycles lasts 1 + 2 epochs
+    assert len(r.learn.history) == 1 + 3
+
+
+def test_recorded_accuracy_is_the_networks_accuracy(tiny_recipe):
+    """The last fit's recorded accuracy equals the network's argmax accuracy on the validation images."""
+    r, _ = tiny_recipe
+    tfm = data.eval_transform(SIZE, r.net.norm)
+    x = torch.stack([tfm(r.splits.val.image(i)) for i in range(len(r.splits.val))])
+    y = torch.tensor(r.splits.val.targets)
+    r.net.eval()
+    with torch.no_grad():
+        acc = (r.net(x).argmax(1) == y).float().mean().item()
+    assert r.steps[2].acc == pytest.approx(acc)
+
+
+def test_flip_tta_averages_the_two_mirrored_probabilities(tiny_recipe):
+    r, _ = tiny_recipe
+    probs, y = r.tta_probs("flip")
+    tfm = data.eval_transform(SIZE, r.net.norm)
+    x = torch.stack([tfm(r.splits.val.image(i)) for i in range(len(r.splits.val))])
+    r.net.eval()
+    with torch.no_grad():
+        ref = (r.net(x).softmax(1) + r.net(x.flip(-1)).softmax(1)) / 2
+    torch.testing.assert_close(probs, ref, atol=1e-5, rtol=1e-4)
+    assert r.steps[-1].acc == pytest.approx((ref.argmax(1) == y).float().mean().item())
+
+
+def test_head_trained_on_features_is_the_nets_head(tmp_path):
+    """Training on precomputed features updates the Net's own head: evaluating images end to end agrees."""
+    root = _make_folder(tmp_path / "split", per_class=8, split=True)
+    r = recipe.Recipe(str(root), image_size=SIZE, batch_size=8, progress=False, cache_dir=tmp_path / "f")
+    acc = r.train_head(2, 1e-2)
+    assert acc == pytest.approx(r.learn.evaluate()["acc"])
+    assert r.plan == [("train_head", {"epochs": 2, "lr": 1e-2})]
+
+
+def test_retrain_on_all_replays_the_plan_on_train_plus_val(tiny_recipe):
+    r, _ = tiny_recipe
+    final = r.retrain_on_all()
+    assert len(final.splits.train) == len(r.splits.train) + len(r.splits.val)
+    assert [m for m, _ in final.plan] == [m for m, _ in r.plan]
+    assert [s["step"] for s in final.acc_after_step] == [s["step"] for s in r.acc_after_step[:3]]
+    # the reused features are exactly those a fresh pretrained body computes for the merged images
+    assert final.body_id == r.body_id
+    fresh = models.create("efficientnet_lite0", 2)
+    merged = final.splits.train.with_transform(data.eval_transform(SIZE, fresh.norm))
+    x, y = features.compute_features(fresh, merged, progress=False)
+    torch.testing.assert_close(final.train_fs.x, x, atol=1e-5, rtol=1e-4)
+    assert final.train_fs.y.tolist() == y.tolist()
+
+
+def test_bn_freeze_keeps_imagenet_statistics_while_convolutions_train(tiny_recipe):
+    r, _ = tiny_recipe
+    pretrained = models.create("efficientnet_lite0", 2).body.state_dict()
+    tuned = {k: v.cpu() for k, v in r.net.body.state_dict().items()}
+    bn_keys = [k for k in tuned if k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "weight", "bias")
+               and k.rsplit(".", 1)[0] in {n for n, m in r.net.body.named_modules()
+                                            if isinstance(m, torch.nn.BatchNorm2d)}]
+    assert len(bn_keys) > 100
+    assert all(torch.equal(tuned[k], pretrained[k]) for k in bn_keys)
+    assert not torch.equal(tuned["conv_head.weight"], pretrained["conv_head.weight"])
+
+
+def test_saved_model_reloads_and_predicts_the_same_classes(tiny_recipe, tmp_path):
+    r, root = tiny_recipe
+    path = recipe.save_model(tmp_path / "final.pt", r.net, r.classes, r.preprocessing)
+    bundle = recipe.load_model(path)
+    assert bundle.classes == r.classes and bundle.preprocessing["image_size"] == SIZE
+    for k, v in r.net.state_dict().items():
+        assert torch.equal(bundle.net.state_dict()[k], v.cpu()), k
+    files = sorted(str(p) for p in root.rglob("*.png"))[:7]
+    before = recipe.predict_files(recipe.ModelBundle(r.net, r.classes, bundle.preprocessing), files)
+    after = recipe.predict_files(bundle, files)
+    assert after["predicted"].tolist() == before["predicted"].tolist()
+    np.testing.assert_allclose(after["probability"], before["probability"], rtol=1e-5)
+    # and they are the network's own predictions on the eval transform
+    x = torch.stack([data.eval_transform(SIZE, r.net.norm)(Image.open(f).convert("RGB")) for f in files])
+    r.net.eval()
+    with torch.no_grad():
+        assert after["class_index"].tolist() == r.net(x).argmax(1).tolist()
+
+
+def test_save_model_keeps_a_hidden_head(tmp_path):
+    net = models.create("efficientnet_lite0", 3, pretrained=False, hidden=16, dropout=0.3)
+    path = recipe.save_model(tmp_path / "m.pt", net, ["a", "b", "c"], {"image_size": 32, "norm": net.norm})
+    bundle = recipe.load_model(path)
+    assert recipe._head_spec(bundle.net.head) == {"hidden": 16, "dropout": 0.3}
+    x = torch.randn(2, 3, 32, 32)
+    net.eval()
+    torch.testing.assert_close(bundle.net(x), net(x))
+
+
+# ---------------------------------------------------------------- result helpers against references
+
+def _random_predictions(n=200, k=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.randn(n, k, generator=g).mul(2).softmax(1)
+    targets = torch.randint(0, k, (n,), generator=g)
+    return probs, targets
+
+
+def test_most_confused_matches_sklearn_confusion_matrix():
+    probs, targets = _random_predictions()
+    preds = probs.argmax(1)
+    classes = ["a", "b", "c", "d"]
+    table = recipe.most_confused(targets, preds, classes)
+    cm = confusion_matrix(targets, preds, labels=range(4))
+    off = {(classes[a], classes[p]): cm[a, p] for a in range(4) for p in range(4) if a != p and cm[a, p]}
+    assert {(r.actual, r.predicted): r.count for r in table.itertuples()} == off
+    assert table["count"].is_monotonic_decreasing
+    assert (recipe.most_confused(targets, preds, classes, min_count=cm.max() + 1)).empty
+
+
+def test_top_losses_are_the_largest_cross_entropies():
+    probs, targets = _random_predictions()
+    table = recipe.top_losses(probs, targets, list("abcd"), k=5)
+    ref = F.cross_entropy(probs.log(), targets, reduction="none")
+    np.testing.assert_allclose(table["loss"], ref.topk(5).values.numpy(), rtol=1e-5)
+    assert table["index"].tolist() == ref.topk(5).indices.tolist()
+    row = table.iloc[0]
+    assert row.probability == pytest.approx(probs[row["index"]].max().item())
+    assert row.p_actual == pytest.approx(np.exp(-row.loss), rel=1e-5)
+
+
+def test_per_class_accuracy_is_sklearn_recall():
+    probs, targets = _random_predictions(k=3)
+    preds = probs.argmax(1)
+    table = recipe.per_class_accuracy(targets, preds, ["x", "y", "z"]).set_index("class")
+    recall = recall_score(targets, preds, average=None, labels=[0, 1, 2])
+    np.testing.assert_allclose(table.loc[["x", "y", "z"], "acc"], recall)
+    assert table["images"].sum() == len(targets)
+    assert table["acc"].is_monotonic_increasing
+
+
+def test_waterfall_changes_add_up_to_the_total_gain():
+    steps = [{"step": "a", "acc": 0.80}, {"step": "b", "acc": 0.85}, {"step": "c", "acc": 0.84}]
+    table = recipe.waterfall_table(steps, baseline=0.5)
+    np.testing.assert_allclose(table["change"], [0.30, 0.05, -0.01], atol=1e-12)
+    assert table["change"].sum() == pytest.approx(0.84 - 0.5)
+    ax = recipe.plot_waterfall(table, baseline=0.5)
+    assert len(ax.patches) == 3
+    with_se = recipe.waterfall_table(steps, baseline=0.5, n_val=100)
+    np.testing.assert_allclose(with_se["se"], [np.sqrt(a * (1 - a) / 100) for a in (0.80, 0.85, 0.84)])
+    recipe.plot_waterfall(with_se, baseline=0.5)
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
+def test_pick_lr():
+    class Result:
+        def __init__(self, **lrs):
+            self.lrs = lrs
+
+        def lr(self, rule):
+            return self.lrs.get(rule)
+
+    assert recipe.pick_lr(Result(valley=3e-3)) == 3e-3
+    assert recipe.pick_lr(Result(valley=None, min10=2e-3)) == 2e-3
+    assert recipe.pick_lr(Result(), fallback=5e-4) == 5e-4
+    assert recipe.pick_lr(Result(valley=1e-1), ceiling=1e-2) == 1e-2
+
+
+def test_image_size_table_reads_headers(tmp_path):
+    root = _make_folder(tmp_path / "imgs", per_class=3)
+    splits = data.get_splits(str(root), val_fraction=0.34)
+    table = recipe.image_size_table(splits.train, n=10)
+    assert len(table) == len(splits.train)
+    assert set(table["width"]) == {48} and set(table["height"]) == {40}
+    assert isinstance(table, pd.DataFrame)
+
+
+def test_plot_lr_sweep_shows_the_whole_smoothed_curve():
+    """A trained network's sweep starts low: the axis must still reach the curve's top."""
+    import matplotlib.pyplot as plt
+    from tlkit import lr_finder
+    lrs = np.geomspace(1e-6, 1e-1, 30)
+    losses = 0.05 + 0.5 * (lrs / 1e-1) ** 0.7          # low and flat, then rising tenfold
+    smoothed = lr_finder.smooth_losses(losses, 0.7)
+    result = lr_finder.LRFinderResult(lrs, losses, smoothed, lr_finder.suggest(lrs, smoothed, warn=False),
+                                      False, "completed", 30, 0.7, skip_start=2, skip_end=2)
+    ax = recipe.plot_lr_sweep(result)
+    lo, hi = ax.get_ylim()
+    assert lo <= smoothed[2:-2].min() and hi >= smoothed[2:-2].max()
+    plt.close("all")
