@@ -135,13 +135,17 @@ def test_advice_table_has_the_four_cells_with_measured_winners():
                              "train_images": int(50 * f)})
         return pd.DataFrame(rows)
     table = S.advice_table(sweep("b: precomputed head", "c: last blocks"),
-                           sweep("c: last blocks", "d: full fine-tune"), 0.1, 1.0)
+                           sweep("c: last blocks", "d: full fine-tune"))
     assert table[["data", "amount"]].values.tolist() == [["similar", "little"], ["similar", "lots"],
                                                          ["dissimilar", "little"], ["dissimilar", "lots"]]
     assert table["measured winner"].tolist() == ["b: precomputed head", "c: last blocks", "c: last blocks",
                                                  "d: full fine-tune"]
     assert table["train_images"].tolist() == [5, 50, 5, 50]
     assert all(table["textbook"].str.len() > 0)
+    # each sweep brings its own fractions: little and lots are its smallest and largest
+    other = S.advice_table(sweep("b: precomputed head", "c: last blocks"),
+                           sweep("c: last blocks", "d: full fine-tune").replace({"fraction": {1.0: 0.4}}))
+    assert other["fraction"].tolist() == [0.1, 1.0, 0.1, 0.4]
 
 
 def tiny_net() -> models.Net:

@@ -279,12 +279,16 @@ def winners(sweep: pd.DataFrame) -> dict[float, str]:
     return {float(f): g.iloc[0]["strategy"] for f, g in best.groupby("fraction")}
 
 
-def advice_table(similar: pd.DataFrame, dissimilar: pd.DataFrame, little: float, lots: float) -> pd.DataFrame:
-    """The lecture notes' 2x2 table (similar/dissimilar x little/lots of data): measured winner vs textbook."""
+def advice_table(similar: pd.DataFrame, dissimilar: pd.DataFrame) -> pd.DataFrame:
+    """The lecture notes' 2x2 table (similar/dissimilar x little/lots of data): measured winner vs textbook.
+
+    "Little" is each sweep's smallest training fraction and "lots" its largest, so the two sweeps may
+    use different fractions; the table says which fraction and how many images each cell used.
+    """
     rows = []
     for domain, sweep in (("similar", similar), ("dissimilar", dissimilar)):
         found = winners(sweep)
-        for amount, fraction in (("little", little), ("lots", lots)):
+        for amount, fraction in (("little", sweep["fraction"].min()), ("lots", sweep["fraction"].max())):
             sub = sweep[sweep["fraction"] == fraction]
             rows.append({"data": domain, "amount": amount, "fraction": fraction,
                          "train_images": int(sub["train_images"].iloc[0]),
