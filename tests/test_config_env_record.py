@@ -35,6 +35,15 @@ def test_bad_parameters_are_refused_with_the_fix():
         config.check_fraction("subset", 0)
 
 
+@pytest.mark.parametrize("name, value", [("subset", 0.0), ("subset", 1.5), ("dissimilar_subset", -0.1),
+                                         ("val_fraction", 2), ("fractions", [0.1, 0.0]), ("fractions", [1.2])])
+def test_fractions_outside_zero_one_are_refused_before_the_run(name, value):
+    quick = {name: [0.5] if name == "fractions" else 0.5}
+    with pytest.raises(config.ParameterError, match=f"{name}=.*must be a fraction in \\(0, 1\\]"):
+        tlkit.setup(preset="quick", quick=quick, verbose=False, **{name: value})
+    assert tlkit.setup(preset="quick", quick=quick, verbose=False).values[name] == quick[name]
+
+
 def test_seed_everything_repeats_draws():
     env.seed_everything(5)
     a = (torch.rand(3), np.random.rand(3))

@@ -51,7 +51,8 @@ def setup(preset: str = "auto", device: str = "auto", seed: int = 0, *,
     """Validate a lesson's parameters and return its settings.
 
     Every keyword in `params` left as None takes the preset's value from `quick` / `full`;
-    a value of the wrong type for the preset's default is refused with the expected type.
+    a value of the wrong type for the preset's default is refused with the expected type, and so is
+    a fraction outside (0, 1] (see `check_fractions`).
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ParameterError(f"seed={seed!r} must be an integer, e.g. seed=0.")
@@ -66,6 +67,7 @@ def setup(preset: str = "auto", device: str = "auto", seed: int = 0, *,
         if name in defaults and defaults[name] is not None:
             value = _coerce(name, value, defaults[name])
         values[name] = value
+    check_fractions(values)
     env.seed_everything(seed)
     env.set_threads()
     settings = Settings(preset=chosen, device=dev, seed=seed, values=values)
@@ -94,6 +96,21 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
 
 def check_fraction(name: str, value: float) -> float:
     """A fraction of a dataset must lie in (0, 1]."""
-    if not 0 < value <= 1:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         raise ParameterError(f"{name}={value!r} must be a fraction in (0, 1], e.g. {name}=0.5.")
     return value
+
+
+def check_fractions(values: dict[str, Any]) -> None:
+    """Check every parameter the lessons name as a fraction: `subset`, `*_subset`, `*fraction`, `*fractions`.
+
+    Why here: a bad fraction would otherwise fail only when the subset is drawn, minutes into a run.
+    """
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name.endswith("fractions"):
+            for v in (value if isinstance(value, (list, tuple)) else [value]):
+                check_fraction(name, v)
+        elif name.endswith(("subset", "fraction")):
+            check_fraction(name, value)
