@@ -99,3 +99,17 @@ def test_resnet_weights_are_read_from_the_hub_cache(tmp_path, monkeypatch):
     torch.save(reference.state_dict(), target)
     net = models.create("resnet18", num_classes=2, pretrained=True)
     assert torch.equal(net.body.conv1.weight, reference.conv1.weight)
+
+
+def test_eval_mode_restores_every_submodules_own_flag():
+    """A half-frozen net (frozen BatchNorm in eval, the rest training) comes back exactly as it was."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5))
+    net.train()
+    net[1].eval()
+    before = [m.training for m in net.modules()]
+    with models.eval_mode(net):
+        assert not any(m.training for m in net.modules())
+    assert [m.training for m in net.modules()] == before
+    with pytest.raises(RuntimeError), models.eval_mode(net):
+        raise RuntimeError("an interrupted evaluation")
+    assert [m.training for m in net.modules()] == before

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .env import seed_everything
+from .models import eval_mode
 from .tta import accuracy, merge, model_device
 
 __all__ = ["Ensemble", "member_logits", "ensemble_predict", "accuracy_of", "accuracy_vs_members",
@@ -46,17 +47,15 @@ class Ensemble(nn.Module):
 def _on_device(models: Sequence[nn.Module], device: torch.device | None):
     """Run each model on `device` (None: where it already lives), in eval mode; put everything back after."""
     homes = [model_device(m) for m in models]
-    modes = [m.training for m in models]
-    try:
-        for m in models:
-            m.eval()
-            if device is not None:
-                m.to(device)
-        yield [device or h for h in homes]
-    finally:
-        for m, home, mode in zip(models, homes, modes):
-            m.to(home)
-            m.train(mode)
+    with eval_mode(*models):
+        try:
+            for m in models:
+                if device is not None:
+                    m.to(device)
+            yield [device or h for h in homes]
+        finally:
+            for m, home in zip(models, homes):
+                m.to(home)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from . import data
+from . import data, models
 
 FORMAT_VERSION = 1
 
@@ -119,15 +119,6 @@ def transform_is_random(images: data.ImageList, index: int = 0) -> bool:
     return not torch.equal(first, second)
 
 
-def _modes(module: nn.Module) -> dict[nn.Module, bool]:
-    return {m: m.training for m in module.modules()}
-
-
-def _restore_modes(modes: dict[nn.Module, bool]) -> None:
-    for m, training in modes.items():
-        m.training = training
-
-
 @torch.no_grad()
 def compute_features(net: nn.Module, images: data.ImageList, batch_size: int = 64,
                      device: torch.device | str | None = None, progress: bool | None = None,
@@ -141,17 +132,16 @@ def compute_features(net: nn.Module, images: data.ImageList, batch_size: int = 6
     body = net.body
     home = next(body.parameters()).device
     device = torch.device(device) if device is not None else home
-    modes = _modes(body)
-    body.eval().to(device)
     loader = data.make_loader(images, batch_size, shuffle=False, num_workers=num_workers)
     show = progress_enabled() if progress is None else progress
-    try:
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        chunks = [body(x.to(device, memory_format=layout)).float().cpu()
-                  for x, _ in tqdm(loader, desc="precompute", disable=not show, leave=False)]
-    finally:
-        body.to(home)
-        _restore_modes(modes)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    with models.eval_mode(body):
+        try:
+            body.to(device)
+            chunks = [body(x.to(device, memory_format=layout)).float().cpu()
+                      for x, _ in tqdm(loader, desc="precompute", disable=not show, leave=False)]
+        finally:
+            body.to(home)
     return torch.cat(chunks), torch.tensor(images.targets, dtype=torch.long)
 
 

@@ -7,6 +7,7 @@ the torch hub cache, downloading them when online.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 from typing import Sequence
@@ -203,6 +204,23 @@ def freeze_batchnorm(net: Net) -> Net:
             for p in m.parameters(recurse=False):
                 p.requires_grad_(False)
     return net
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module):
+    """Every module in eval mode inside the block; afterwards each submodule gets its own flag back.
+
+    Why each submodule's flag: a half-frozen `Net` keeps its frozen BatchNorm layers in eval mode while
+    the rest trains, which a plain `module.train(previous)` would undo.
+    """
+    flags = {m: m.training for module in modules for m in module.modules()}
+    try:
+        for module in modules:
+            module.eval()
+        yield modules
+    finally:
+        for m, training in flags.items():
+            m.training = training
 
 
 def count_params(net: nn.Module, trainable: bool = True) -> int:

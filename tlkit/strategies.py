@@ -310,18 +310,15 @@ def view_spread(net: models.Net, images: data.ImageList, augment_tfm, eval_tfm, 
     head, a new one every epoch), next to the distance between *different* images.
     """
     idx = data.stratified_indices(images.targets, min(n_images, len(images)), seed)
-    modes = {m: m.training for m in net.body.modules()}
-    net.body.eval()
     device = next(net.body.parameters()).device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         pics = [images.image(i) for i in idx]
         views = torch.stack([torch.stack([augment_tfm(p) for _ in range(n_views)]) for p in pics])
         clean = torch.stack([eval_tfm(p) for p in pics])
-    feats = net.body(views.flatten(0, 1).to(device)).view(len(idx), n_views, -1).cpu()
-    fixed = net.body(clean.to(device)).cpu()
-    for m, training in modes.items():
-        m.training = training
+    with models.eval_mode(net.body):
+        feats = net.body(views.flatten(0, 1).to(device)).view(len(idx), n_views, -1).cpu()
+        fixed = net.body(clean.to(device)).cpu()
     within = (feats - feats.mean(1, keepdim=True)).norm(dim=2).mean().item()
     between = torch.pdist(fixed).mean().item()
     return {"within_image": within, "between_images": between, "ratio": within / between,

@@ -19,6 +19,7 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
 from .data import DEFAULT_NORM, denormalize, make_loader
+from .models import eval_mode
 
 __all__ = ["VIEW_COUNTS", "TEN_CROP_NAMES", "TEN_CROP_SUBSETS", "MERGES", "crop_views", "CropViews", "AugViews",
            "view_transform", "aug_transform", "views_of", "view_panels", "predict_views", "merge", "blend",
@@ -261,11 +262,8 @@ def seconds_per_image(models: nn.Module | Sequence[nn.Module], batch: torch.Tens
     max_batch = max_batch or len(batch)
     stacked = batch.repeat_interleave(views, dim=0) if views > 1 else batch
     inputs = [stacked.to(model_device(m)) for m in models]
-    modes = [m.training for m in models]
-    for m in models:
-        m.eval()
     times = []
-    try:
+    with eval_mode(*models):
         for r in range(warmup + repeats):
             t0 = time.perf_counter()
             for m, x in zip(models, inputs):
@@ -274,9 +272,6 @@ def seconds_per_image(models: nn.Module | Sequence[nn.Module], batch: torch.Tens
                 _sync(x.device)
             if r >= warmup:
                 times.append(time.perf_counter() - t0)
-    finally:
-        for m, mode in zip(models, modes):
-            m.train(mode)
     return float(np.median(times)) / len(batch)
 
 
