@@ -140,6 +140,10 @@ def test_frozen_bn_stats_keeps_running_statistics_and_still_trains_the_affine_pa
     assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
     assert not torch.equal(bn.weight.detach(), torch.ones_like(bn.weight)) and run.rel_change[0] > 0
     net.train()
+    with lc.frozen_bn_stats(net):
+        net(torch.randn(4, *next(iter(tiny_loaders().train))[0].shape[1:]))
+    assert bn.training  # each layer leaves the block in the mode it entered
+    net.train()
     assert bn.training  # the hooks are gone after the block
     lc.finetune_from(learn, lc.copy_state(net), 1e-2, 1, bn_stats=True)
     assert not torch.equal(bn.running_mean, mean)

@@ -100,13 +100,16 @@ def frozen_bn_stats(net: nn.Module):
     def use_running_stats(module, _inputs):
         module.train(False)
 
-    handles = [m.register_forward_pre_hook(use_running_stats) for m in net.modules()
-               if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    flags = [m.training for m in layers]
+    handles = [m.register_forward_pre_hook(use_running_stats) for m in layers]
     try:
         yield net
     finally:
         for h in handles:
             h.remove()
+        for m, training in zip(layers, flags):  # the hook switched them to eval: leave them as they came
+            m.training = training
 
 
 @dataclass
