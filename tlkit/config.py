@@ -7,12 +7,9 @@ from typing import Any
 import torch
 
 from . import env
+from .errors import ParameterError
 
 PRESETS = ("auto", "quick", "full")
-
-
-class ParameterError(ValueError):
-    """A lesson parameter has a value the lesson cannot use."""
 
 
 @dataclass
