@@ -10,12 +10,6 @@ PRESET ?= auto
 OUT ?=
 
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
-# Development and CI use the course's shared datasets beside the project when they are there.
-ifeq ($(TLKIT_DATA),)
-  ifneq ($(wildcard ../shared/datasets),)
-    export TLKIT_DATA := $(abspath ../shared/datasets)
-  endif
-endif
 
 .PHONY: setup lab lessons test test-fast nbval test-gpu strip clean
 

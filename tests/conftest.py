@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "datasets"
+# A full-size dataset folder the developer pointed TLKIT_DATA at, if any: only tests that need full-size
+# data use it. Everything else reads the embedded pack, so a bare clone runs the same tests offline.
+FULL_DATA = Path(os.environ["TLKIT_DATA"]) if os.environ.get("TLKIT_DATA") else None
 LESSON_RUNS = None  # set in pytest_configure; read by the terminal summary
 
 
@@ -20,10 +22,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     global LESSON_RUNS
-    os.environ.setdefault("TLKIT_DATA", str(SHARED_DATA))
-    if not Path(os.environ["TLKIT_DATA"]).is_dir():
-        raise pytest.UsageError(f"TLKIT_DATA={os.environ['TLKIT_DATA']} does not exist: the tests use the course's "
-                                "shared datasets (../shared/datasets beside the project) and never download.")
+    os.environ.pop("TLKIT_DATA", None)
     os.environ["TLKIT_CACHE"] = tempfile.mkdtemp(prefix="tlkit-test-cache-")
     os.environ["TLKIT_PROGRESS"] = "0"
     os.environ["TLKIT_OFFLINE"] = "1"
@@ -33,12 +32,12 @@ def pytest_configure(config):
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    """Tests never download: only file:// URLs may be opened."""
+    """Tests never download: only file:// URLs and a test's own server on 127.0.0.1 may be opened."""
     real = urllib.request.urlopen
 
     def guarded(url, *args, **kwargs):
         target = url if isinstance(url, str) else url.full_url
-        if not target.startswith("file:"):
+        if not target.startswith(("file:", "http://127.0.0.1:")):
             raise urllib.error.URLError(f"tests are offline (refused {target})")
         return real(url, *args, **kwargs)
 
@@ -46,6 +45,22 @@ def no_network(monkeypatch):
     import torch.hub
     if hasattr(torch.hub, "urlopen"):  # torchvision weights download through torch.hub
         monkeypatch.setattr(torch.hub, "urlopen", guarded)
+
+
+@pytest.fixture
+def local_server(tmp_path):
+    """An HTTP server on 127.0.0.1 serving `tmp_path`: `local_server(path) -> URL` (real downloads, no network)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield lambda path: f"http://127.0.0.1:{server.server_port}/{Path(path).relative_to(tmp_path).as_posix()}"
+    server.shutdown()
+    server.server_close()
 
 
 class LessonRuns:

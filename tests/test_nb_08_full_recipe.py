@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tlkit.data import PACK_ROOT
 from tlkit.lessons import execute_in_subprocess, list_lessons, select
 from tlkit.recipe import STEP_NAMES
 
@@ -51,10 +52,9 @@ def user_folder(root: Path, datasets: Path) -> Path:
 @pytest.mark.parametrize("dataset", ["dtd10", "imagenette_subset", "user folder"])
 def test_the_notebook_runs_unchanged_on_other_data(dataset, tmp_path):
     """Small settings keep this cheap; what it checks is that nothing in the notebook assumes hymenoptera."""
-    import os
     user = dataset == "user folder"
     if user:
-        dataset = str(user_folder(tmp_path / "my_photos", Path(os.environ["TLKIT_DATA"])))
+        dataset = str(user_folder(tmp_path / "my_photos", PACK_ROOT))
     params = {"preset": "quick", "dataset": dataset, "image_size": 64, "max_train": 80, "max_val": 40,
               "lr_find_iters": 8, "model_path": str(tmp_path / "model.pt")}
     (lesson,) = select(["08"], list_lessons())

@@ -1,20 +1,18 @@
 """Datasets: registry and resolution, folder datasets, stratified splits, transforms, loaders.
 
-Resolution order for a registry name: `$TLKIT_DATA/<folder>`, then the user cache
-(`$TLKIT_CACHE` or `~/.cache/tlkit`), then a download from the dataset's official URL,
-verified by checksum (never with `TLKIT_OFFLINE=1`). A path is used as given. Offline and not found: one error naming
-every place searched and the fix.
+Resolution order for a registry name: `$TLKIT_DATA/<folder>`, then the user cache (`$TLKIT_CACHE` or
+`~/.cache/tlkit`), then the embedded quick-preset pack shipped inside tlkit (when the image size asked
+for fits its resolution), then a real download (never with `TLKIT_OFFLINE=1`). A path is used as given.
+One line says which copy is used; not found: one error naming every place searched and the fix.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
-import shutil
-import tempfile
 import urllib.error
-import urllib.request
 import warnings
-import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -27,22 +25,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
+from . import fetch
+from .errors import ChecksumError, DatasetLayoutError, DatasetNotFoundError
+from .validate import check_fraction, check_positive_int
+
 IMAGE_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "PPM", "MPO"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
-METADATA_FILES = {"MANIFEST.sha256", "PROVENANCE.txt"}
 DEFAULT_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset is in none of the places searched and could not be downloaded."""
-
-
-class DatasetLayoutError(ValueError):
-    """A folder does not have the class-folder layout a dataset needs."""
-
-
-class ChecksumError(RuntimeError):
-    """A downloaded dataset does not match its published checksum."""
+CROP_FRACTION = 0.875   # evaluation resizes the shorter side to size / CROP_FRACTION, then centre-crops `size`
+PACK_ROOT = Path(__file__).with_name("pack")
 
 
 @dataclass(frozen=True)
@@ -53,9 +44,16 @@ class DatasetInfo:
     folder: str
     description: str
     url: str | None = None
-    archive_sha256: str | None = None
-    content_sha256: str | None = None   # digest of the unpacked files, see `content_digest`
+    content_sha256: str | None = None   # digest of the unpacked files, see `fetch.content_digest`
     similar_to_imagenet: bool = True
+    fetcher: str = "archive"            # "archive" (zip at `url`), "dtd10" or "imagenette_subset"
+    download_size: str = ""             # what a download costs, for messages
+
+    def fetch(self, dest: Path) -> Path:
+        """Download (and derive) this dataset into `dest/<folder>`."""
+        if self.fetcher == "archive":
+            return fetch.fetch_archive(self.url, self.folder, self.content_sha256, dest)
+        return getattr(fetch, f"fetch_{self.fetcher}")(dest)
 
 
 REGISTRY: dict[str, DatasetInfo] = {
@@ -64,117 +62,155 @@ REGISTRY: dict[str, DatasetInfo] = {
         "ants vs bees, 2 classes, ~120 train images per class (the PyTorch transfer-learning tutorial)",
         url="https://download.pytorch.org/tutorial/hymenoptera_data.zip",
         # The tutorial publishes no archive checksum, so we check the unpacked files instead.
-        content_sha256="b0e3506710bc375be5996e1c9b29818c80cdfc19bcc324e560091da6690149ec"),
+        content_sha256="b0e3506710bc375be5996e1c9b29818c80cdfc19bcc324e560091da6690149ec",
+        download_size="a 47 MB zip"),
     "imagenette_subset": DatasetInfo(
         "imagenette_subset", "imagenette_subset",
-        "10 ImageNet classes, 150 train + 50 val per class, 224 px (ImageNet models have seen them)"),
+        "10 ImageNet classes, 150 train + 50 val per class, 224 px (ImageNet models have seen them)",
+        fetcher="imagenette_subset", download_size="Imagenette 320 px, a 341 MB archive (25 MB kept)"),
     "dtd10": DatasetInfo(
         "dtd10", "dtd10",
         "10 texture classes from DTD, 120 per class, no split (dissimilar to ImageNet)",
-        similar_to_imagenet=False),
+        similar_to_imagenet=False, fetcher="dtd10", download_size="DTD, a 625 MB archive (38 MB kept)"),
     "digits": DatasetInfo(
         "digits", "", "scikit-learn's 8x8 handwritten digits, 10 classes, embedded (no download)",
-        similar_to_imagenet=False),
+        similar_to_imagenet=False, fetcher="embedded"),
 }
 
 
 # ---------------------------------------------------------------- resolution
+
+@dataclass(frozen=True)
+class DataCopy:
+    """One copy of a dataset: its folder, where it was found, and the shorter side of its images (None: full size)."""
+
+    path: Path
+    where: str
+    shorter_side: int | None = None
+
+    def fits(self, image_size: int | None) -> bool:
+        """Whether an `image_size` view (resize to size / CROP_FRACTION, then crop) needs no upscaling here."""
+        return self.shorter_side is None or image_size is None or decode_size(image_size) <= self.shorter_side
+
+    def describe(self) -> str:
+        """'the embedded quick pack (images 160 px, enough for image_size <= 140)' and the like."""
+        if self.shorter_side is None:
+            return f"{self.where} (full size)"
+        return (f"{self.where} (images {self.shorter_side} px, enough for image_size <= "
+                f"{largest_image_size(self.shorter_side)})")
+
+
+def decode_size(image_size: int) -> int:
+    """The shorter side to decode an image at for an `image_size` view (covers the evaluation resize)."""
+    return int(image_size / CROP_FRACTION) + 1
+
+
+def largest_image_size(shorter_side: int) -> int:
+    """The largest image size whose `decode_size` fits images with this shorter side."""
+    return math.ceil(shorter_side * CROP_FRACTION) - 1
+
 
 def cache_dir() -> Path:
     """The user cache for downloaded datasets and features."""
     return Path(os.environ.get("TLKIT_CACHE", Path.home() / ".cache" / "tlkit")).expanduser()
 
 
-def search_places(info: DatasetInfo) -> list[Path]:
-    """Where a registry dataset is looked for, in order."""
+def offline() -> bool:
+    """`TLKIT_OFFLINE=1` forbids every download."""
+    return os.environ.get("TLKIT_OFFLINE") == "1"
+
+
+@lru_cache(maxsize=1)
+def pack_index() -> dict:
+    """The embedded pack's index (`tlkit/pack/PACK.json`): folder -> shorter side and image counts."""
+    index = PACK_ROOT / "PACK.json"
+    return json.loads(index.read_text())["datasets"] if index.is_file() else {}
+
+
+def search_places(info: DatasetInfo) -> list[DataCopy]:
+    """Where a registry dataset is looked for, in order (existing or not)."""
     places = []
     if os.environ.get("TLKIT_DATA"):
-        places.append(Path(os.environ["TLKIT_DATA"]).expanduser() / info.folder)
-    places.append(cache_dir() / info.folder)
+        places.append(DataCopy(Path(os.environ["TLKIT_DATA"]).expanduser() / info.folder, "$TLKIT_DATA"))
+    places.append(DataCopy(cache_dir() / info.folder, "the user cache"))
+    if info.folder in pack_index():
+        places.append(DataCopy(PACK_ROOT / info.folder, "the embedded quick pack",
+                               pack_index()[info.folder]["shorter_side"]))
     return places
 
 
-def resolve(name_or_path: str | os.PathLike, download: bool = True) -> Path:
-    """Return the folder of a registry dataset or of a user path, downloading if needed."""
+_VERIFIED: set[Path] = set()
+
+
+def _intact(copy: DataCopy) -> str | None:
+    """Why a folder with a manifest no longer matches it (None if it does, or has no manifest)."""
+    if copy.path in _VERIFIED or not (copy.path / fetch.MANIFEST).is_file():
+        return None
+    problems = fetch.manifest_problems(copy.path)
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        return f"{copy.path} does not match its {fetch.MANIFEST}: {'; '.join(problems[:3])}{more}"
+    _VERIFIED.add(copy.path)
+    return None
+
+
+_ANNOUNCED: set[tuple[str, Path]] = set()
+
+
+def _announce(name: str, copy: DataCopy) -> None:
+    """Print once per process which copy of a registry dataset is used."""
+    if (name, copy.path) not in _ANNOUNCED:
+        _ANNOUNCED.add((name, copy.path))
+        print(f"tlkit: dataset {name!r} from {copy.describe()}: {copy.path}")
+
+
+def locate(name_or_path: str | os.PathLike, image_size: int | None = None, download: bool = True) -> DataCopy:
+    """Find (or download) the copy of a dataset to use for images of `image_size` (None: any size)."""
     if isinstance(name_or_path, os.PathLike) or str(name_or_path) not in REGISTRY:
         path = Path(name_or_path).expanduser()
         if path.is_dir():
-            return path
+            return DataCopy(path, "your folder")
         known = ", ".join(sorted(REGISTRY))
         raise DatasetNotFoundError(
             f"dataset {str(name_or_path)!r} is neither a registry name ({known}) nor an existing folder.")
     info = REGISTRY[str(name_or_path)]
-    if info.name == "digits":
-        raise ValueError("'digits' is embedded in scikit-learn and has no folder; use get_splits('digits').")
+    if info.fetcher == "embedded":
+        raise ValueError(f"{info.name!r} is embedded in scikit-learn and has no folder; use get_splits({info.name!r}).")
+    notes = []
     places = search_places(info)
     for place in places:
-        if place.is_dir():
-            return place
-    errors = []
-    if os.environ.get("TLKIT_OFFLINE") == "1":
-        download = False
-        errors.append("TLKIT_OFFLINE=1, so no download was tried")
-    if download and info.url:
-        try:
-            return download_dataset(info, cache_dir())
-        except (urllib.error.URLError, OSError, ChecksumError) as exc:
-            errors.append(f"download from {info.url} failed: {exc}")
-    elif not info.url:
-        errors.append("it has no download URL (a derived subset): copy it from the course's shared datasets")
-    lines = "\n".join(f"  - {p}" for p in places)
-    raise DatasetNotFoundError(
-        f"dataset {info.name!r} was not found. Searched:\n{lines}\n"
-        + "".join(f"  - {e}\n" for e in errors)
-        + f"Fix: point TLKIT_DATA at a folder that holds '{info.folder}/' "
-          f"(e.g. TLKIT_DATA=../shared/datasets), pass its path directly, or go online "
-          f"so it can be downloaded into {cache_dir()}.")
-
-
-def content_digest(root: Path) -> str:
-    """sha256 over the sorted `sha256  relpath` lines of every file below `root`."""
-    lines = []
-    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        if rel in METADATA_FILES:
+        if not place.path.is_dir():
             continue
-        lines.append(f"{_sha256(path)}  {rel}\n")
-    return hashlib.sha256("".join(sorted(lines, key=lambda s: s.split("  ", 1)[1])).encode()).hexdigest()
+        damage = _intact(place)
+        if damage:
+            notes.append(damage + " (delete it to download it again)")
+        elif not place.fits(image_size):
+            notes.append(f"{place.path} holds {place.describe()}, too small for image_size={image_size}")
+        else:
+            _announce(info.name, place)
+            return place
+    if offline():
+        notes.append("TLKIT_OFFLINE=1, so no download was tried")
+    elif download:
+        try:
+            copy = DataCopy(info.fetch(cache_dir()), "a download into the user cache")
+            _announce(info.name, copy)
+            return copy
+        except (urllib.error.URLError, OSError, ChecksumError, RuntimeError, DatasetLayoutError) as exc:
+            notes.append(f"download ({info.download_size}) failed: {type(exc).__name__}: {exc}")
+    lines = "".join(f"  - {p.path} ({p.where})\n" for p in places)
+    source = info.url or f"torchvision.datasets ({info.download_size})"
+    raise DatasetNotFoundError(
+        f"dataset {info.name!r} was not found"
+        + (f" at the resolution image_size={image_size} needs" if image_size else "") + ". Searched:\n" + lines
+        + "".join(f"  - {n}\n" for n in notes)
+        + f"Fix: go online (unset TLKIT_OFFLINE) so tlkit downloads it from {source} into {cache_dir()}, "
+          f"or point TLKIT_DATA at a folder that holds a full-size '{info.folder}/', or pass a folder path.")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def download_dataset(info: DatasetInfo, dest: Path, timeout: float = 30) -> Path:
-    """Download, verify and unpack `info` into `dest/info.folder`; nothing is left behind on failure."""
-    from tqdm.auto import tqdm
-
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest, prefix=f".{info.folder}-") as tmp:
-        archive = Path(tmp) / "archive.zip"
-        with urllib.request.urlopen(info.url, timeout=timeout) as resp, open(archive, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {info.name}") as bar:
-                for chunk in iter(lambda: resp.read(1 << 20), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        if info.archive_sha256 and _sha256(archive) != info.archive_sha256:
-            raise ChecksumError(f"{info.url}: archive sha256 differs from the published one")
-        unpacked = Path(tmp) / "unpacked"
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(unpacked)
-        root = unpacked / info.folder
-        if not root.is_dir():
-            raise DatasetLayoutError(f"{info.url} did not unpack to a '{info.folder}/' folder")
-        if info.content_sha256 and content_digest(root) != info.content_sha256:
-            raise ChecksumError(f"{info.url}: unpacked files differ from the expected content")
-        final = dest / info.folder
-        shutil.move(str(root), str(final))
-    return final
+def resolve(name_or_path: str | os.PathLike, download: bool = True, image_size: int | None = None) -> Path:
+    """Return the folder of a registry dataset or of a user path, downloading if needed (see `locate`)."""
+    return locate(name_or_path, image_size, download).path
 
 
 # ---------------------------------------------------------------- folders and samples
@@ -207,6 +243,7 @@ def check_image(path: Path) -> str | None:
 def scan_folder(root: str, classes: tuple[str, ...] | None = None) -> ScanResult:
     """List class sub-folders of `root` and their valid images, skipping broken files with a warning."""
     base = Path(root)
+    given = classes
     found = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
     classes = classes or tuple(found)
     if not classes:
@@ -231,7 +268,27 @@ def scan_folder(root: str, classes: tuple[str, ...] | None = None) -> ScanResult
                       stacklevel=2)
     if not samples:
         raise DatasetLayoutError(f"{base} has class folders {list(classes)} but no readable images in them.")
+    if given is None:
+        samples, classes = _drop_empty_classes(base, samples, classes)
     return ScanResult(tuple(samples), tuple(classes), tuple(skipped))
+
+
+def _drop_empty_classes(base: Path, samples: list, classes: Sequence[str]) -> tuple[list, tuple[str, ...]]:
+    """Drop class folders without a usable image (a warning names them); fewer than two classes is an error.
+
+    Why: an empty class would become an output that no image ever trains, and one class is no classifier.
+    """
+    used = sorted({label for _, label in samples})
+    empty = [c for i, c in enumerate(classes) if i not in used]
+    if empty:
+        warnings.warn(f"{base}: ignored {len(empty)} class folder(s) with no usable image: {', '.join(empty)}",
+                      stacklevel=3)
+    if len(used) < 2:
+        raise DatasetLayoutError(
+            f"{base} has {len(used)} class folder with usable images ({', '.join(classes[i] for i in used)}); "
+            f"a classifier needs at least two, e.g. {base}/ants/*.jpg and {base}/bees/*.jpg.")
+    relabel = {old: new for new, old in enumerate(used)}
+    return [(p, relabel[t]) for p, t in samples], tuple(classes[i] for i in used)
 
 
 def load_rgb(path: str, min_size: int | None = None) -> Image.Image:
@@ -340,6 +397,14 @@ def stratified_indices(targets: Sequence[int], fraction_or_count: float | int, s
 def stratified_split(targets: Sequence[int], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
     """Seeded stratified (train, val) index lists, as scikit-learn's `train_test_split` makes them."""
     from sklearn.model_selection import train_test_split
+    check_fraction("val_fraction", val_fraction, 0.2, include_one=False)
+    counts = Counter(int(t) for t in targets)
+    n_val, n_classes = math.ceil(val_fraction * len(targets)), len(counts)
+    if min(counts.values()) < 2 or not n_classes <= n_val <= len(targets) - n_classes:
+        raise DatasetLayoutError(
+            f"cannot split {len(targets)} images of {n_classes} classes (smallest class: {min(counts.values())}) "
+            f"with val_fraction={val_fraction}: every class needs an image on each side. Add images, or give "
+            f"the folder train/ and val/ sub-folders, or change val_fraction (e.g. val_fraction=0.5).")
     idx = np.arange(len(targets))
     train, val = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=np.asarray(targets))
     return sorted(train.tolist()), sorted(val.tolist())
@@ -355,6 +420,17 @@ class Splits:
     root: Path | None = None
     name: str = ""
     skipped: list = field(default_factory=list)
+    shorter_side: int | None = None   # of the copy's images; None: full size (see `DataCopy`)
+
+    def check_image_size(self, image_size: int) -> None:
+        """Refuse an image size this copy cannot serve without upscaling (the embedded pack is small)."""
+        check_positive_int("image_size", image_size, 128)
+        if self.shorter_side and decode_size(image_size) > self.shorter_side:
+            raise DatasetNotFoundError(
+                f"{self.name}: this copy ({self.root}) holds images of {self.shorter_side} px, enough for "
+                f"image_size <= {largest_image_size(self.shorter_side)}, not image_size={image_size}. "
+                f"Load it with data.get_splits({self.name!r}, image_size={image_size}) to get a full-size copy "
+                f"(downloaded when online).")
 
     def __repr__(self) -> str:
         return (f"Splits({self.name or self.root}: {len(self.classes)} classes, "
@@ -362,11 +438,19 @@ class Splits:
 
 
 def get_splits(name_or_path: str | os.PathLike = "hymenoptera", seed: int = 0, val_fraction: float = 0.2,
-               download: bool = True) -> Splits:
-    """Load a dataset's train/val images; a folder without `train/` and `val/` is split (seeded, stratified)."""
+               download: bool = True, image_size: int | None = None) -> Splits:
+    """Load a dataset's train/val images; a folder without `train/` and `val/` is split (seeded, stratified).
+
+    `image_size` is the largest size the caller will view the images at: a copy too small for it (the
+    embedded pack) is passed over for a full-size one. None accepts any copy.
+    """
+    check_fraction("val_fraction", val_fraction, 0.2, include_one=False)
+    if image_size is not None:
+        check_positive_int("image_size", image_size, 128)
     if str(name_or_path) == "digits":
         return _digits_splits(seed, val_fraction)
-    root = resolve(name_or_path, download=download)
+    copy = locate(name_or_path, image_size, download)
+    root = copy.path
     name = str(name_or_path) if str(name_or_path) in REGISTRY else root.name
     if (root / "train").is_dir() and (root / "val").is_dir():
         train_scan = scan_folder(str(root / "train"))
@@ -385,7 +469,7 @@ def get_splits(name_or_path: str | os.PathLike = "hymenoptera", seed: int = 0, v
         tr, va = stratified_split(everything.targets, val_fraction, seed)
         train, val = everything.take(tr), everything.take(va)
         skipped = list(scan.skipped)
-    return Splits(train, val, classes, root, name, skipped)
+    return Splits(train, val, classes, root, name, skipped, copy.shorter_side)
 
 
 def _digits_splits(seed: int, val_fraction: float) -> Splits:
@@ -404,11 +488,12 @@ def available_datasets() -> dict[str, str]:
     """Registry names with where they were found (or why not)."""
     found = {}
     for name, info in REGISTRY.items():
-        if name == "digits":
+        if info.fetcher == "embedded":
             found[name] = "embedded (scikit-learn)"
             continue
-        place = next((p for p in search_places(info) if p.is_dir()), None)
-        found[name] = str(place) if place else ("downloadable" if info.url else "not found")
+        place = next((p for p in search_places(info) if p.path.is_dir()), None)
+        found[name] = (f"{place.describe()}: {place.path}" if place
+                       else "not found (offline)" if offline() else f"downloadable ({info.download_size})")
     return found
 
 
@@ -421,7 +506,7 @@ def train_transform(size: int, norm=DEFAULT_NORM, augment: bool = True) -> T.Com
     return T.Compose([T.ToImage(), *geometric, T.ToDtype(torch.float32, scale=True), T.Normalize(*norm)])
 
 
-def eval_transform(size: int, norm=DEFAULT_NORM, crop_pct: float = 0.875) -> T.Compose:
+def eval_transform(size: int, norm=DEFAULT_NORM, crop_pct: float = CROP_FRACTION) -> T.Compose:
     """Resize the shorter side to size/crop_pct, centre-crop `size`, normalise."""
     return T.Compose([T.ToImage(), T.Resize(int(round(size / crop_pct)), antialias=True), T.CenterCrop(size),
                       T.ToDtype(torch.float32, scale=True), T.Normalize(*norm)])
@@ -450,7 +535,18 @@ class DataLoaders:
 
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0,
                 seed: int | None = None, **kwargs) -> DataLoader:
-    """A DataLoader with sensible defaults (persistent workers, seeded shuffling when asked)."""
+    """A DataLoader with sensible defaults (persistent workers, seeded shuffling when asked).
+
+    A shuffled (training) loader never yields a batch of one: BatchNorm cannot train on it, so a last
+    batch of one image is dropped (that image is in another batch next epoch).
+    """
+    check_positive_int("batch_size", batch_size, 32)
+    check_positive_int("num_workers", num_workers, 0, allow_zero=True)
+    if shuffle and "drop_last" not in kwargs and len(ds) % batch_size == 1:
+        if len(ds) == 1:
+            raise DatasetLayoutError("a training set of one image cannot train a network with BatchNorm; "
+                                     "use more images (e.g. fraction=1.0).")
+        kwargs["drop_last"] = True
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       persistent_workers=num_workers > 0, generator=generator, **kwargs)
@@ -461,9 +557,13 @@ def dataloaders(dataset: str | os.PathLike | Splits = "hymenoptera", image_size:
                 num_workers: int = 0, train_tfm: Callable | None = None, val_tfm: Callable | None = None,
                 val_fraction: float = 0.2) -> DataLoaders:
     """Training/validation loaders for a dataset name, folder or `Splits`, at one image size."""
-    splits = dataset if isinstance(dataset, Splits) else get_splits(dataset, seed=seed, val_fraction=val_fraction)
+    check_positive_int("image_size", image_size, 128)
+    check_fraction("fraction", fraction, 0.5)
+    splits = dataset if isinstance(dataset, Splits) else get_splits(dataset, seed=seed, val_fraction=val_fraction,
+                                                                     image_size=image_size)
+    splits.check_image_size(image_size)
     train = splits.train if fraction == 1 else splits.train.subset(float(fraction), seed)
-    decode = int(image_size / 0.875) + 1
+    decode = decode_size(image_size)
     train = train.with_transform(train_tfm or train_transform(image_size, norm, augment), decode)
     val = splits.val.with_transform(val_tfm or eval_transform(image_size, norm), decode)
     return DataLoaders(make_loader(train, batch_size, True, num_workers),

@@ -10,11 +10,12 @@ so `retrain_on_all` can replay them; `fine_tune` runs them all. No new training 
 """
 from __future__ import annotations
 
+
 import math
 import os
 import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -107,9 +108,9 @@ class Recipe:
         seed_everything(seed)
         self.dataset, self.seed, self.device = dataset, seed, torch.device(device)
         self.image_size, self.batch_size, self.progress = image_size, batch_size, progress
-        full = splits or data.get_splits(dataset, seed=seed, val_fraction=val_fraction)
-        self.splits = data.Splits(_cap(full.train, max_train, seed), _cap(full.val, max_val, seed), full.classes,
-                                  full.root, full.name, full.skipped)
+        full = splits or data.get_splits(dataset, seed=seed, val_fraction=val_fraction, image_size=image_size)
+        self.splits = replace(full, train=_cap(full.train, max_train, seed),
+                                          val=_cap(full.val, max_val, seed))
         self.classes = list(self.splits.classes)
         self.net = models.create(backbone, len(self.classes)).to(self.device)
         self.body_id = self.net.weights_id()   # the pretrained body the features come from
@@ -130,7 +131,7 @@ class Recipe:
     @property
     def preprocessing(self) -> dict:
         """What a saved model needs to see images as it was trained to: size, crop and normalisation."""
-        return {"image_size": self.image_size, "crop_pct": 0.875,
+        return {"image_size": self.image_size, "crop_pct": data.CROP_FRACTION,
                 "norm": [list(self.net.norm[0]), list(self.net.norm[1])]}
 
     @property
@@ -168,7 +169,7 @@ class Recipe:
         if features_pair is not None:
             self.train_fs, self.val_fs = features_pair
             return features_pair
-        decode = int(self.image_size / 0.875) + 1
+        decode = data.decode_size(self.image_size)
         tfm = data.eval_transform(self.image_size, self.net.norm)
         kw = dict(cache_dir=self.cache_dir, batch_size=2 * self.batch_size, progress=self.progress)
         self.train_fs = features.precompute(self.net, self.splits.train.with_transform(tfm, decode), **kw)
@@ -445,7 +446,7 @@ def save_model(path: str | os.PathLike, net: models.Net, classes: Sequence[str],
         raise ValueError("save_model expects a tlkit.models.Net")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prep = {"image_size": int(preprocessing["image_size"]), "crop_pct": float(preprocessing.get("crop_pct", 0.875)),
+    prep = {"image_size": int(preprocessing["image_size"]), "crop_pct": float(preprocessing.get("crop_pct", data.CROP_FRACTION)),
             "norm": [[float(v) for v in preprocessing["norm"][0]], [float(v) for v in preprocessing["norm"][1]]]}
     state = {"format": MODEL_FORMAT, "backbone": net.name, "head": _head_spec(net.head),
              "classes": [str(c) for c in classes], "preprocessing": prep,

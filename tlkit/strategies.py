@@ -122,8 +122,8 @@ def make_task(dataset: str = "hymenoptera", image_size: int = 96, backbone: str 
               batch_size: int = 32, seed: int = 0, device: torch.device | str = "cpu",
               cache_dir: str | Path | None = None, val_fraction: float = 0.2) -> Task:
     """Load a dataset's splits and decode them once at the size `image_size` needs."""
-    splits = data.get_splits(dataset, seed=seed, val_fraction=val_fraction)
-    short_side = int(round(image_size / 0.875))  # what eval_transform resizes to before its centre crop
+    splits = data.get_splits(dataset, seed=seed, val_fraction=val_fraction, image_size=image_size)
+    short_side = int(round(image_size / data.CROP_FRACTION))  # what eval_transform resizes to before its centre crop
     norm = models.LITE0_NORM if backbone == "efficientnet_lite0" else models.IMAGENET_NORM
     return Task(str(dataset), in_memory(splits.train, short_side), in_memory(splits.val, short_side), image_size,
                 backbone, batch_size, seed, torch.device(device), Path(cache_dir) if cache_dir else None, norm)
