@@ -8,6 +8,7 @@ import torch
 
 from . import env
 from .errors import ParameterError
+from .validate import check_fraction, check_positive, check_positive_int
 
 PRESETS = ("auto", "quick", "full")
 
@@ -49,7 +50,7 @@ def setup(preset: str = "auto", device: str = "auto", seed: int = 0, *,
 
     Every keyword in `params` left as None takes the preset's value from `quick` / `full`;
     a value of the wrong type for the preset's default is refused with the expected type, and so is
-    a fraction outside (0, 1] (see `check_fractions`).
+    a value out of range (see `check_values`).
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ParameterError(f"seed={seed!r} must be an integer, e.g. seed=0.")
@@ -64,7 +65,7 @@ def setup(preset: str = "auto", device: str = "auto", seed: int = 0, *,
         if name in defaults and defaults[name] is not None:
             value = _coerce(name, value, defaults[name])
         values[name] = value
-    check_fractions(values)
+    check_values(values)
     env.seed_everything(seed)
     env.set_threads()
     settings = Settings(preset=chosen, device=dev, seed=seed, values=values)
@@ -88,26 +89,37 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     elif not isinstance(default, (bool, int, float, str)):
         return value
     raise ParameterError(f"{name}={value!r} has the wrong type: expected {type(default).__name__} "
-                         f"like the preset's {name}={default!r}.")
+                         f"like the preset's value, e.g. {name}={default!r}.")
 
 
-def check_fraction(name: str, value: float) -> float:
-    """A fraction of a dataset must lie in (0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ParameterError(f"{name}={value!r} must be a fraction in (0, 1], e.g. {name}=0.5.")
-    return value
+# Which parameters hold what, by name: the lessons follow these naming rules, so one check covers them all.
+_FRACTIONS = ("subset", "fraction")                       # ... and lists named *fractions
+_POSITIVE_INTS = ("epochs", "cycles", "cycle_len", "batch_size", "size", "hidden", "num_it", "iters", "images",
+                  "steps", "draws", "width", "points")    # also every n_* and max_*
+_NON_NEGATIVE_INTS = ("max_workers", "finetune_from")
+_POSITIVE_REALS = ("lr", "lrs", "ratio", "cycle_mult")    # also every ratio_*
 
 
-def check_fractions(values: dict[str, Any]) -> None:
-    """Check every parameter the lessons name as a fraction: `subset`, `*_subset`, `*fraction`, `*fractions`.
+def _named(name: str, suffixes: tuple[str, ...]) -> bool:
+    return any(name == s or name.endswith("_" + s) for s in suffixes)
 
-    Why here: a bad fraction would otherwise fail only when the subset is drawn, minutes into a run.
+
+def check_values(values: dict[str, Any]) -> None:
+    """Refuse a zero or negative count, size, epoch number or learning rate, and a fraction outside (0, 1].
+
+    Why here: a bad value would otherwise fail only minutes into a run, or train without a word
+    (a negative learning rate climbs the loss).
     """
     for name, value in values.items():
         if value is None:
             continue
-        if name.endswith("fractions"):
-            for v in (value if isinstance(value, (list, tuple)) else [value]):
-                check_fraction(name, v)
-        elif name.endswith(("subset", "fraction")):
-            check_fraction(name, value)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for v in items:
+            if name.endswith("fractions") or _named(name, _FRACTIONS):
+                check_fraction(name, v, 0.5)
+            elif name in _NON_NEGATIVE_INTS:
+                check_positive_int(name, v, 0, allow_zero=True)
+            elif _named(name, _POSITIVE_INTS) or name.startswith(("n_", "max_")):
+                check_positive_int(name, v, 2)
+            elif _named(name, _POSITIVE_REALS) or name.startswith("ratio_"):
+                check_positive(name, v, 1e-3 if "lr" in name else 3)
