@@ -1,0 +1,103 @@
+"""Verdicts follow from intervals: known effects on synthetic data give the verdict they must, intervals
+cover the true difference at about their nominal rate, and the prose is generated from the numbers."""
+import numpy as np
+import pytest
+
+from tlkit import claims
+from tlkit.claims import CONTRADICTED, NOT_SHOWN, SUPPORTED
+
+
+def paired_correct(n, acc_a, acc_b, rng, shared=0.6):
+    """Per-image correctness of two models on the same images: a shared difficulty plus a per-model effect."""
+    easy = rng.random(n) < shared
+    a = np.where(easy, True, rng.random(n) < (acc_a - shared) / (1 - shared))
+    b = np.where(easy, True, rng.random(n) < (acc_b - shared) / (1 - shared))
+    return a, b
+
+
+def test_the_registry_holds_the_29_claims_with_sources():
+    assert sorted(claims.CLAIMS) == list(range(1, 30))
+    assert all(c.text and c.source and c.lesson in {f"0{i}" for i in range(1, 9)} for c in claims.CLAIMS.values())
+
+
+@pytest.mark.parametrize("low, high, verdict", [(0.01, 0.2, SUPPORTED), (-0.2, -0.01, CONTRADICTED),
+                                                (-0.1, 0.1, NOT_SHOWN), (0.0, 0.1, NOT_SHOWN)])
+def test_verdict_is_where_the_interval_lies(low, high, verdict):
+    assert claims.verdict_of(low, high) == verdict
+
+
+@pytest.mark.parametrize("acc_a, acc_b, verdict", [(0.92, 0.80, SUPPORTED), (0.85, 0.85, NOT_SHOWN),
+                                                   (0.78, 0.92, CONTRADICTED)])
+def test_known_effects_on_synthetic_data_get_their_verdict(acc_a, acc_b, verdict):
+    a, b = paired_correct(2000, acc_a, acc_b, np.random.default_rng(1))
+    v = claims.compare_accuracy(3, a, b, "A minus B")
+    assert v.verdict == verdict and v.n == 2000
+    assert v.ci[0] <= v.effect <= v.ci[1]
+
+
+def test_the_paired_interval_covers_the_true_difference_at_about_95_percent():
+    rng = np.random.default_rng(0)
+    true_diff, hits, trials = 0.04, 0, 300
+    for t in range(trials):
+        a, b = paired_correct(300, 0.88, 0.88 - true_diff, rng)
+        _, low, high = claims.paired_bootstrap(a, b, n_boot=1000, seed=t)
+        hits += low <= true_diff <= high
+    assert 0.90 <= hits / trials <= 0.99   # binomial sd at 300 trials is 1.3 points
+
+
+def test_the_paired_interval_matches_a_normal_approximation():
+    a, b = paired_correct(5000, 0.9, 0.87, np.random.default_rng(3))
+    d = a.astype(float) - b.astype(float)
+    effect, low, high = claims.paired_bootstrap(a, b)
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    assert effect == pytest.approx(d.mean())
+    assert low == pytest.approx(d.mean() - 1.96 * se, abs=0.15 * se * 1.96)
+    assert high == pytest.approx(d.mean() + 1.96 * se, abs=0.15 * se * 1.96)
+
+
+def test_seed_repeats_use_a_student_t_interval():
+    from scipy import stats
+    diffs = [0.05, 0.02, 0.04, 0.03]
+    effect, low, high = claims.mean_interval(diffs)
+    half = stats.t.ppf(0.975, 3) * np.std(diffs, ddof=1) / 2
+    assert (effect, low, high) == pytest.approx((0.035, 0.035 - half, 0.035 + half))
+    assert claims.compare_seeds(14, diffs, "SGDR minus step").verdict == SUPPORTED
+    assert claims.compare_seeds(14, [0.05, -0.04, 0.01], "SGDR minus step").verdict == NOT_SHOWN
+
+
+def test_speed_ratio_interval_and_verdict():
+    rng = np.random.default_rng(0)
+    slow, fast = 5.0 + rng.normal(0, 0.1, 8), 1.0 + rng.normal(0, 0.05, 8)
+    v = claims.compare_speed(2, slow, fast, "head epochs on images vs on cached features")
+    assert v.verdict == SUPPORTED and v.effect == pytest.approx(slow.mean() / fast.mean() - 1)
+    assert "x speed-up" in v.sentence() and f"{slow.mean() / fast.mean():.2f}" in v.sentence()
+    same = claims.compare_speed(2, 1.0 + rng.normal(0, 0.05, 8), 1.0 + rng.normal(0, 0.05, 8), "same")
+    assert same.verdict == NOT_SHOWN
+
+
+def test_the_sentence_is_generated_from_the_verdict():
+    v = claims.judge(10, 0.02, (-0.013, 0.052), 153, "the augmented model minus the plain one")
+    text = v.sentence("augmentation reduces over-fitting.")
+    assert "+2.0 points" in text and "-1.3 to +5.2" in text and "not shown at this size" in text
+    assert "n = 153" in text and "would need about n = " in text and "The notes say" in text
+    contra = claims.judge(13, -0.05, (-0.08, -0.02), 40, "how far the suggestion moved")
+    assert "contradicted" in contra.sentence() and "would need" not in contra.sentence()
+
+
+def test_report_records_one_entry_per_claim(monkeypatch):
+    monkeypatch.delitem(claims.RECORDED, "claims", raising=False)   # the dict `tlkit.record` writes into
+    claims.report(claims.judge(2, 0.5, (0.2, 0.8), 5, "x", unit="x", scale=1.0))
+    claims.report(claims.judge(1, 0.3, (0.1, 0.4), 153, "y"))
+    claims.report(claims.judge(2, 0.6, (0.3, 0.9), 5, "x again", unit="x", scale=1.0))   # a rerun replaces
+    entries = claims.RECORDED["claims"]
+    assert [e["id"] for e in entries] == [1, 2] and entries[1]["what"] == "x again"
+    assert set(entries[0]) >= {"id", "verdict", "effect", "ci", "n", "what"} and entries[0]["ci"] == [0.1, 0.4]
+
+
+def test_unknown_claims_and_bad_inputs_are_refused():
+    with pytest.raises(KeyError, match="no claim 30"):
+        claims.judge(30, 0.1, (0, 1), 1, "x")
+    with pytest.raises(ValueError, match="equal-length"):
+        claims.paired_bootstrap([1, 0, 1], [1, 0])
+    with pytest.raises(ValueError, match="low > high"):
+        claims.verdict_of(0.2, 0.1)

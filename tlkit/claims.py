@@ -1,0 +1,218 @@
+"""The course notes' claims, and verdicts computed from a lesson's own measurements.
+
+A verdict is never typed. It follows from a 95 % interval of an effect signed in the claim's direction
+(positive = as the notes say): `supported` when the whole interval lies above zero, `contradicted`
+when it lies below, `not shown at this size` when it covers zero. The sentence a learner reads is
+generated from the verdict, so it cannot contradict the numbers above it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .record import RECORDED, record
+
+__all__ = ["CLAIMS", "CONTRADICTED", "Claim", "NOT_SHOWN", "SUPPORTED", "VERDICTS", "Verdict", "compare_accuracy",
+           "compare_seeds", "compare_speed", "judge", "mean_interval", "paired_bootstrap", "ratio_interval",
+           "report", "verdict_of"]
+
+SUPPORTED, NOT_SHOWN, CONTRADICTED = "supported", "not shown at this size", "contradicted"
+VERDICTS = (SUPPORTED, NOT_SHOWN, CONTRADICTED)
+LEVEL = 0.95
+
+NG = "Andrew Ng, CNN course, week 2"
+FASTAI = "fast.ai 2017, lessons 1-2"
+CS231N = "CS231n, lecture 11"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the course notes, in our own words."""
+
+    id: int
+    lesson: str
+    text: str
+    source: str
+
+
+CLAIMS: dict[int, Claim] = {c.id: c for c in [
+    Claim(1, "01", "Freeze every pretrained layer and train only a new softmax head.", NG),
+    Claim(2, "01", "Precompute the frozen layers' activations once, save them, and train the head on them: faster.", NG),
+    Claim(3, "01", "The more data you have, the fewer layers you should freeze.", NG),
+    Claim(4, "01", "Keep the last layers as initialisation, or replace them with new hidden units and a softmax.", NG),
+    Claim(5, "01", "With lots of data, start from the pretrained weights and train every layer.", NG),
+    Claim(6, "01", "Similar or dissimilar data, little or lots of it: a 2x2 table says what to retrain.", CS231N),
+    Claim(7, "02", "Mirroring, random crops, rotation, shear and local warping are useful augmentations.", NG),
+    Claim(8, "02", "Colour shifts, e.g. PCA colour augmentation, make a network robust to lighting.", NG),
+    Claim(9, "02", "CPU workers can distort images in parallel with training.", NG),
+    Claim(10, "02", "Data augmentation fights over-fitting.", FASTAI),
+    Claim(11, "02", "Augmentation does nothing while training on precomputed activations.", FASTAI),
+    Claim(12, "03", "The LR finder: plot loss against LR, pick about the minimum / 10, not the steepest point.", FASTAI),
+    Claim(13, "03", "Rerun the LR finder after unfreezing or other changes: the good LR moves.", FASTAI),
+    Claim(14, "04", "SGDR: cosine annealing with restarts trains better than a step or constant schedule.", FASTAI),
+    Claim(15, "04", "Restarts find wider valleys, and a wide valley generalises better.", FASTAI),
+    Claim(16, "04", "cycle_len, cycle_mult and the number of cycles set how long SGDR trains.", FASTAI),
+    Claim(17, "04", "Save the weights from time to time (e.g. at the end of each cycle) and load them back.", FASTAI),
+    Claim(18, "05", "Differential LRs after unfreezing: groups 10x apart for similar data, 3x for dissimilar.", FASTAI),
+    Claim(19, "05", "For images unlike ImageNet, the first layers' features need relearning too.", FASTAI),
+    Claim(20, "06", "Ensembles: average the models' outputs, not their weights; +1-2 % for 3-15x the cost.", CS231N),
+    Claim(21, "06", "10-crop / multi-crop at test time helps a little and costs 10x.", NG),
+    Claim(22, "06", "Test-time augmentation: average predictions over transformed copies of each image.", FASTAI),
+    Claim(23, "08", "A confusion matrix shows which classes the model mixes up.", FASTAI),
+    Claim(24, "08", "The full recipe, then retrain on training + validation data.", FASTAI),
+    Claim(25, "07", "Stacks of 3x3 convolutions beat a 7x7 one; 1x1 bottlenecks cut the cost.", CS231N),
+    Claim(26, "07", "im2col turns convolution into one big matmul at a large memory cost; FFT is hard in practice.",
+          CS231N),
+    Claim(27, "07", "Copying data to the GPU is the most expensive step; store data in contiguous files.", CS231N),
+    Claim(28, "07", "fp16 is faster but has trouble converging without care (cast up, stochastic rounding).",
+          CS231N),
+    Claim(29, "07", "Split each mini-batch across GPUs and average the gradients.", CS231N),
+]}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A claim measured in one run: effect (signed: positive = as the notes say), its 95 % interval and n."""
+
+    id: int
+    verdict: str
+    effect: float
+    ci: tuple[float, float]
+    n: int
+    what: str
+    unit: str = "points"
+    scale: float = 100.0     # the prose shows effect * scale + offset (accuracy fractions as points)
+    offset: float = 0.0      # e.g. 1 for a speed-up, whose effect is `speed-up - 1`
+
+    def record_entry(self) -> dict:
+        """The run report's contract: id, verdict, effect, ci, n, what (plus unit and scale for display)."""
+        entry = asdict(self)
+        entry["ci"] = list(self.ci)
+        return entry
+
+    def shown(self, value: float) -> str:
+        """A value in display units, e.g. '+2.0' (points) or '5.21' (a speed-up)."""
+        if self.offset:
+            return f"{value * self.scale + self.offset:.2f}"
+        return f"{value * self.scale:+.{1 if self.unit == 'points' else 2}f}"
+
+    def settle_size(self) -> str:
+        """For `not shown`: how many more of the run's units would narrow the interval to the effect's size."""
+        half = (self.ci[1] - self.ci[0]) / 2
+        if self.verdict != NOT_SHOWN or half <= 0:
+            return ""
+        if abs(self.effect) < half / 10:
+            return (f"The effect is under a tenth of the interval's half-width: even {100 * self.n:,} would "
+                    "likely not settle it; there may be no effect to find.")
+        needed = math.ceil(self.n * (half / abs(self.effect)) ** 2 * 1.5)   # 1.5: the interval must clear zero
+        return f"An effect of this size would need about n = {needed:,} (this run: {self.n:,}) to be settled."
+
+    def sentence(self, notes_say: str = "") -> str:
+        """Markdown the learner reads: the measured effect, its interval and the verdict, then the notes' view."""
+        claim = CLAIMS[self.id]
+        lo, hi = self.ci
+        text = (f"**Claim {self.id}** — *{claim.text}* ({claim.source}). In this run, {self.what}: "
+                f"**{self.shown(self.effect)} {self.unit}** (95 % interval {self.shown(lo)} to {self.shown(hi)}, "
+                f"n = {self.n:,}) → **{self.verdict}**.")
+        if self.verdict == NOT_SHOWN:
+            text += " " + self.settle_size()
+        if notes_say:
+            text += f" The notes say: {notes_say}"
+        return text
+
+
+def verdict_of(low: float, high: float) -> str:
+    """`supported` if the interval is above zero, `contradicted` if below, else `not shown at this size`."""
+    if not low <= high:
+        raise ValueError(f"interval ({low}, {high}) has low > high")
+    return SUPPORTED if low > 0 else CONTRADICTED if high < 0 else NOT_SHOWN
+
+
+def judge(claim_id: int, effect: float, ci: Sequence[float], n: int, what: str, unit: str = "points",
+          scale: float = 100.0, offset: float = 0.0) -> Verdict:
+    """A verdict from an effect and its interval, both signed in the claim's direction."""
+    if claim_id not in CLAIMS:
+        raise KeyError(f"no claim {claim_id}; the registry has 1..{max(CLAIMS)}")
+    low, high = float(ci[0]), float(ci[1])
+    return Verdict(claim_id, verdict_of(low, high), float(effect), (low, high), int(n), what, unit, scale, offset)
+
+
+def paired_bootstrap(correct_a: Sequence, correct_b: Sequence, n_boot: int = 4000, seed: int = 0,
+                     level: float = LEVEL) -> tuple[float, float, float]:
+    """Accuracy of A minus accuracy of B on the same images, with a percentile bootstrap interval over images.
+
+    Why paired: both models saw the same images, so resampling images keeps the images' shared
+    difficulty and gives a much narrower (and honest) interval than two separate ones.
+    """
+    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"need two equal-length 1-D arrays of per-image correctness, got {a.shape} and {b.shape}")
+    diff = a - b
+    idx = np.random.default_rng(seed).integers(0, len(diff), (n_boot, len(diff)))
+    means = diff[idx].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(diff.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def mean_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean of repeated measurements (e.g. one per seed) with a Student-t interval."""
+    from scipy import stats
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or len(v) < 2:
+        raise ValueError(f"need at least two repeats, got {len(v)}")
+    half = stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+
+def ratio_interval(slow: Sequence[float], fast: Sequence[float], n_boot: int = 4000, seed: int = 0,
+                   level: float = LEVEL) -> tuple[float, float, float]:
+    """mean(slow) / mean(fast) with a bootstrap interval over the repeated timings of each."""
+    s, f = np.asarray(slow, dtype=float), np.asarray(fast, dtype=float)
+    if len(s) < 2 or len(f) < 2:
+        raise ValueError("need at least two timings of each")
+    rng = np.random.default_rng(seed)
+    ratios = (s[rng.integers(0, len(s), (n_boot, len(s)))].mean(1)
+              / f[rng.integers(0, len(f), (n_boot, len(f)))].mean(1))
+    tail = (1 - level) / 2
+    return float(s.mean() / f.mean()), float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))
+
+
+def compare_accuracy(claim_id: int, correct_as_notes_say: Sequence, correct_other: Sequence, what: str,
+                     seed: int = 0) -> Verdict:
+    """Verdict on 'A is more accurate than B' from per-image correctness on the same images (paired bootstrap)."""
+    effect, low, high = paired_bootstrap(correct_as_notes_say, correct_other, seed=seed)
+    return judge(claim_id, effect, (low, high), len(correct_other), what)
+
+
+def compare_seeds(claim_id: int, differences: Sequence[float], what: str, unit: str = "points",
+                  scale: float = 100.0) -> Verdict:
+    """Verdict from one paired difference per seed (signed as the notes say), with a t interval."""
+    effect, low, high = mean_interval(differences)
+    return judge(claim_id, effect, (low, high), len(differences), what, unit, scale)
+
+
+def compare_speed(claim_id: int, slow_seconds: Sequence[float], fast_seconds: Sequence[float], what: str) -> Verdict:
+    """Verdict on 'the fast way is faster': the speed-up minus 1, from repeated timings of both."""
+    ratio, low, high = ratio_interval(slow_seconds, fast_seconds)
+    return judge(claim_id, ratio - 1, (low - 1, high - 1), min(len(slow_seconds), len(fast_seconds)), what,
+                 unit="x speed-up", scale=1.0, offset=1.0)
+
+
+def report(verdict: Verdict, notes_say: str = "") -> Verdict:
+    """Record the verdict in the lesson's `claims` list and show its sentence (Markdown in a notebook)."""
+    entries = [e for e in RECORDED.get("claims", []) if e["id"] != verdict.id]
+    record("claims", sorted(entries + [verdict.record_entry()], key=lambda e: e["id"]))
+    text = verdict.sentence(notes_say)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+        if get_ipython() is not None:
+            display(Markdown(text))
+            return verdict
+    except ImportError:  # pragma: no cover - IPython comes with ipykernel
+        pass
+    print(text)
+    return verdict
