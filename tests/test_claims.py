@@ -101,3 +101,22 @@ def test_unknown_claims_and_bad_inputs_are_refused():
         claims.paired_bootstrap([1, 0, 1], [1, 0])
     with pytest.raises(ValueError, match="low > high"):
         claims.verdict_of(0.2, 0.1)
+
+
+def test_bootstrap_sum_resamples_independent_sets_independently():
+    rng = np.random.default_rng(0)
+    train_gap = rng.random(400) < 0.3          # e.g. correct_noaug - correct_aug on training images
+    val_gap = rng.random(150) < 0.05
+    effect, low, high = claims.bootstrap_sum([(1.0, train_gap), (-1.0, val_gap)])
+    assert effect == pytest.approx(train_gap.mean() - val_gap.mean())
+    se = np.sqrt(train_gap.var(ddof=1) / 400 + val_gap.var(ddof=1) / 150)
+    assert high - low == pytest.approx(2 * 1.96 * se, rel=0.15)
+
+
+def test_proportion_interval_is_clopper_pearson():
+    share, low, high = claims.proportion_interval(240, 240)
+    assert share == 1 and high == 1 and low == pytest.approx(0.025 ** (1 / 240))
+    assert claims.share_above(17, 240, 240, 0.95, "same predictions").verdict == SUPPORTED
+    assert claims.share_above(17, 228, 240, 0.99, "same predictions").verdict == CONTRADICTED
+    _, low0, _ = claims.proportion_interval(0, 10)
+    assert low0 == 0

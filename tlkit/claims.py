@@ -15,9 +15,9 @@ import numpy as np
 
 from .record import RECORDED, record
 
-__all__ = ["CLAIMS", "CONTRADICTED", "Claim", "NOT_SHOWN", "SUPPORTED", "VERDICTS", "Verdict", "compare_accuracy",
-           "compare_seeds", "compare_speed", "judge", "mean_interval", "paired_bootstrap", "ratio_interval",
-           "report", "verdict_of"]
+__all__ = ["CLAIMS", "CONTRADICTED", "Claim", "NOT_SHOWN", "SUPPORTED", "VERDICTS", "Verdict", "bootstrap_sum",
+           "compare_accuracy", "compare_seeds", "compare_speed", "judge", "mean_interval", "paired_bootstrap",
+           "proportion_interval", "ratio_interval", "report", "share_above", "verdict_of"]
 
 SUPPORTED, NOT_SHOWN, CONTRADICTED = "supported", "not shown at this size", "contradicted"
 VERDICTS = (SUPPORTED, NOT_SHOWN, CONTRADICTED)
@@ -49,7 +49,7 @@ CLAIMS: dict[int, Claim] = {c.id: c for c in [
     Claim(8, "02", "Colour shifts, e.g. PCA colour augmentation, make a network robust to lighting.", NG),
     Claim(9, "02", "CPU workers can distort images in parallel with training.", NG),
     Claim(10, "02", "Data augmentation fights over-fitting.", FASTAI),
-    Claim(11, "02", "Augmentation does nothing while training on precomputed activations.", FASTAI),
+    Claim(11, "01", "Augmentation does nothing while training on precomputed activations.", FASTAI),
     Claim(12, "03", "The LR finder: plot loss against LR, pick about the minimum / 10, not the steepest point.", FASTAI),
     Claim(13, "03", "Rerun the LR finder after unfreezing or other changes: the good LR moves.", FASTAI),
     Claim(14, "04", "SGDR: cosine annealing with restarts trains better than a step or constant schedule.", FASTAI),
@@ -140,6 +140,25 @@ def judge(claim_id: int, effect: float, ci: Sequence[float], n: int, what: str, 
     return Verdict(claim_id, verdict_of(low, high), float(effect), (low, high), int(n), what, unit, scale, offset)
 
 
+def bootstrap_sum(parts: Sequence[tuple[float, Sequence]], n_boot: int = 4000, seed: int = 0,
+                  level: float = LEVEL) -> tuple[float, float, float]:
+    """sum_k w_k * mean(x_k) with a percentile bootstrap interval, each x_k resampled on its own.
+
+    Each x_k holds one number per image (e.g. correct_a - correct_b on the same images, which keeps
+    the pairing); independent sets of images (training and validation) are resampled independently.
+    """
+    rng = np.random.default_rng(seed)
+    effect, draws = 0.0, np.zeros(n_boot)
+    for weight, values in parts:
+        x = np.asarray(values, dtype=float)
+        if x.ndim != 1 or len(x) < 2:
+            raise ValueError(f"need a 1-D array of at least two per-image values, got shape {x.shape}")
+        effect += weight * x.mean()
+        draws += weight * x[rng.integers(0, len(x), (n_boot, len(x)))].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(effect), float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))
+
+
 def paired_bootstrap(correct_a: Sequence, correct_b: Sequence, n_boot: int = 4000, seed: int = 0,
                      level: float = LEVEL) -> tuple[float, float, float]:
     """Accuracy of A minus accuracy of B on the same images, with a percentile bootstrap interval over images.
@@ -148,13 +167,20 @@ def paired_bootstrap(correct_a: Sequence, correct_b: Sequence, n_boot: int = 400
     difficulty and gives a much narrower (and honest) interval than two separate ones.
     """
     a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+    if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"need two equal-length 1-D arrays of per-image correctness, got {a.shape} and {b.shape}")
-    diff = a - b
-    idx = np.random.default_rng(seed).integers(0, len(diff), (n_boot, len(diff)))
-    means = diff[idx].mean(axis=1)
+    return bootstrap_sum([(1.0, a - b)], n_boot, seed, level)
+
+
+def proportion_interval(successes: int, n: int, level: float = LEVEL) -> tuple[float, float, float]:
+    """A share with its Clopper-Pearson (exact binomial) interval."""
+    from scipy import stats
+    if not 0 <= successes <= n or n < 1:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
     tail = (1 - level) / 2
-    return float(diff.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+    low = stats.beta.ppf(tail, successes, n - successes + 1) if successes else 0.0
+    high = stats.beta.ppf(1 - tail, successes + 1, n - successes) if successes < n else 1.0
+    return successes / n, float(low), float(high)
 
 
 def mean_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
@@ -185,6 +211,12 @@ def compare_accuracy(claim_id: int, correct_as_notes_say: Sequence, correct_othe
     """Verdict on 'A is more accurate than B' from per-image correctness on the same images (paired bootstrap)."""
     effect, low, high = paired_bootstrap(correct_as_notes_say, correct_other, seed=seed)
     return judge(claim_id, effect, (low, high), len(correct_other), what)
+
+
+def share_above(claim_id: int, successes: int, n: int, bar: float, what: str) -> Verdict:
+    """Verdict on a mechanism that should almost always hold: the share of successes minus a stated bar."""
+    share, low, high = proportion_interval(successes, n)
+    return judge(claim_id, share - bar, (low - bar, high - bar), n, f"{what} (share minus a {bar:.0%} bar)")
 
 
 def compare_seeds(claim_id: int, differences: Sequence[float], what: str, unit: str = "points",
