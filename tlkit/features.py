@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from . import data, models
+from .storage import atomic_save
 
 FORMAT_VERSION = 1
 
@@ -180,19 +180,9 @@ def save_features(fs: FeatureSet, path: str | os.PathLike, meta: dict | None = N
     Why: a run interrupted mid-write (or two runs writing at once) must never leave a truncated
     file that a later run would load as valid features.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT_VERSION, "key": fs.key, "x": fs.x, "y": fs.y, "classes": fs.classes,
              "compute_seconds": float(fs.compute_seconds), "meta": json.dumps(meta or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save(state, path)
 
 
 def load_features(path: str | os.PathLike) -> FeatureSet | None:

@@ -16,6 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import ParameterError
+from .validate import check_choice, check_positive, check_positive_int, check_unit_interval
+
 SUGGESTION_RULES = ("min10", "steep", "valley")
 MIN_POINTS = 5  # fewer points than this after trimming: no rule can say anything useful
 FLAT_RTOL = 1e-3  # the curve counts as flat when it varies by less than 0.1% of its level
@@ -25,11 +28,8 @@ STEEP_SPAN = 0.5  # decades of LR over which `steep` measures the slope
 # ----------------------------------------------------------------------------- schedule & smoothing
 def lr_schedule(start_lr: float, end_lr: float, num_it: int, mode: str = "exp") -> np.ndarray:
     """The `num_it` learning rates of the sweep, from `start_lr` to `end_lr` inclusive."""
-    if mode == "exp":
-        return np.geomspace(start_lr, end_lr, num_it)
-    if mode == "linear":
-        return np.linspace(start_lr, end_lr, num_it)
-    raise ValueError(f"mode must be 'exp' or 'linear', got {mode!r}")
+    _check_range(start_lr, end_lr, num_it, mode)
+    return (np.geomspace if mode == "exp" else np.linspace)(start_lr, end_lr, num_it)
 
 
 def smooth_losses(losses, beta: float = 0.98) -> np.ndarray:
@@ -38,6 +38,7 @@ def smooth_losses(losses, beta: float = 0.98) -> np.ndarray:
     Dividing by `1 - beta**(t+1)` removes the pull towards zero of an average that starts at 0,
     so the first points are usable. `beta=0` returns the raw losses.
     """
+    check_unit_interval("beta", beta, 0.98, include_one=False)
     losses = np.asarray(losses, dtype=float)
     out, avg = np.empty_like(losses), 0.0
     for t, loss in enumerate(losses):
@@ -162,7 +163,9 @@ def suggest(lrs, losses, rules=SUGGESTION_RULES, skip_start: int = 0, skip_end: 
     """
     unknown = set(rules) - set(_RULES)
     if unknown:
-        raise ValueError(f"unknown suggestion rule(s) {sorted(unknown)}; choose from {list(_RULES)}")
+        raise ParameterError(f"rules={rules!r}: unknown suggestion rule(s) {sorted(unknown)}; choose from "
+                             f"{list(_RULES)}, e.g. rules={SUGGESTION_RULES!r}.")
+    _check_skips(skip_start, skip_end)
     lrs, losses, problem = _usable_curve(lrs, losses, skip_start, skip_end)
     if problem:
         if warn:
@@ -286,6 +289,10 @@ def lr_grid(make_learner, lrs, epochs: int, **fit_kwargs):
 
     from .train import NonFiniteLossError
 
+    check_positive_int("epochs", epochs, 2)
+    lrs = [check_positive(f"lrs[{i}]", lr, 1e-3) for i, lr in enumerate(lrs)]
+    if not lrs:
+        raise ParameterError("lrs=[] holds no learning rate to try, e.g. lrs=[1e-4, 1e-3, 1e-2].")
     rows = []
     for lr in lrs:
         learn = make_learner()
@@ -403,17 +410,36 @@ def _group_ratios(optimizer) -> list[float]:
     return [lr / top for lr in lrs] if top > 0 else [1.0] * len(lrs)
 
 
-def _check_args(start_lr, end_lr, num_it, mode, smooth, diverge):
-    if not 0 < start_lr < end_lr:
-        raise ValueError(f"need 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}")
-    if num_it < 2:
-        raise ValueError(f"num_it must be >= 2, got {num_it}")
-    if mode not in ("exp", "linear"):
-        raise ValueError(f"mode must be 'exp' or 'linear', got {mode!r}")
-    if not 0 <= smooth < 1:
-        raise ValueError(f"smooth (beta) must be in [0, 1), got {smooth}")
-    if diverge is not None and diverge <= 1:
-        raise ValueError(f"diverge must be > 1 (a multiple of the best loss) or None, got {diverge}")
+def _check_range(start_lr, end_lr, num_it, mode) -> None:
+    """The swept LRs: 0 < start_lr < end_lr, at least 2 of them, a known spacing."""
+    check_positive("start_lr", start_lr, 1e-7)
+    check_positive("end_lr", end_lr, 10.0)
+    if start_lr >= end_lr:
+        raise ParameterError(f"need 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}; "
+                             "e.g. start_lr=1e-07, end_lr=10.0.")
+    if check_positive_int("num_it", num_it, 100) < 2:
+        raise ParameterError(f"num_it={num_it!r} must be an integer >= 2, e.g. num_it=100.")
+    check_choice("mode", mode, ("exp", "linear"))
+
+
+def _check_skips(skip_start, skip_end) -> None:
+    if skip_start is not None:
+        check_positive_int("skip_start", skip_start, 10, allow_zero=True)
+    check_positive_int("skip_end", skip_end, 5, allow_zero=True)
+
+
+def _check_args(start_lr, end_lr, num_it, mode, smooth, diverge, skip_start, skip_end, group_lrs):
+    """Refuse sweep settings that would train wrongly or say nothing, before the model is touched."""
+    from .train import check_lr
+
+    _check_range(start_lr, end_lr, num_it, mode)
+    check_unit_interval("smooth", smooth, 0.98, include_one=False)
+    if diverge is not None and check_positive("diverge", diverge, 4.0) <= 1:
+        raise ParameterError(f"diverge={diverge!r} must be > 1 (a multiple of the best loss) or None, "
+                             "e.g. diverge=4.0.")
+    _check_skips(skip_start, skip_end)
+    if group_lrs is not None:
+        check_lr(group_lrs, "group_lrs")
 
 
 def _move(batch, device):
@@ -476,6 +502,7 @@ def lr_find(model, train_loader=None, loss_fn=None, optimizer=None, start_lr: fl
     reported LR is the largest group's. `diverge=None` runs all `num_it` steps. Suggestions use the
     smoothed curve with `skip_start` (default `num_it // 10`) and `skip_end` points trimmed.
     """
+    _check_args(start_lr, end_lr, num_it, mode, smooth, diverge, skip_start, skip_end, group_lrs)
     if _is_learner(model):
         return _learner_lr_find(model, start_lr=start_lr, end_lr=end_lr, num_it=num_it, mode=mode,
                                 smooth=smooth, diverge=diverge, skip_start=skip_start, skip_end=skip_end,
@@ -483,7 +510,6 @@ def lr_find(model, train_loader=None, loss_fn=None, optimizer=None, start_lr: fl
                                 loss_fn=loss_fn, train_loader=train_loader, device=device)
     if train_loader is None:
         raise ValueError("lr_find needs a train_loader (or a Learner)")
-    _check_args(start_lr, end_lr, num_it, mode, smooth, diverge)
     loss_fn = loss_fn or F.cross_entropy
     device = device or next(model.parameters()).device
     own_optimizer = optimizer is None

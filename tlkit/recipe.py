@@ -30,6 +30,7 @@ from .augment import augmented_transform
 from .env import seed_everything
 from .lr_finder import LRFinderResult, lr_find
 from .optim import default_group_ratio, differential_lrs, lrs_for_groups
+from .storage import atomic_save
 from .train import Learner
 
 __all__ = ["STEP_NAMES", "Recipe", "fine_tune", "pick_lr", "plot_lr_sweep", "most_confused", "top_losses",
@@ -444,15 +445,12 @@ def save_model(path: str | os.PathLike, net: models.Net, classes: Sequence[str],
     """
     if getattr(net, "name", None) not in models.BACKBONES:
         raise ValueError("save_model expects a tlkit.models.Net")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     prep = {"image_size": int(preprocessing["image_size"]), "crop_pct": float(preprocessing.get("crop_pct", data.CROP_FRACTION)),
             "norm": [[float(v) for v in preprocessing["norm"][0]], [float(v) for v in preprocessing["norm"][1]]]}
     state = {"format": MODEL_FORMAT, "backbone": net.name, "head": _head_spec(net.head),
              "classes": [str(c) for c in classes], "preprocessing": prep,
              "model": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}
-    torch.save(state, path)
-    return path
+    return atomic_save(state, path)
 
 
 @dataclass

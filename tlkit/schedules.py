@@ -12,12 +12,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ParameterError
+from .validate import check_fraction, check_positive, check_positive_int, check_unit_interval
+
 # t = step / steps_per_epoch is a float: a step that lands on a boundary up to rounding belongs to the next phase.
 _EPS = 1e-9
 
 __all__ = ["constant", "step_decay", "cosine", "sgdr", "one_cycle", "with_warmup", "lr_values",
            "restart_steps", "fit_epochs", "compare", "plot_schedule", "mark_restarts", "plot_runs",
            "Constant", "StepDecay", "Cosine", "SGDR", "OneCycle", "Warmup"]
+
+
+def _check_total(total_epochs) -> None:
+    if total_epochs is not None:
+        check_positive("total_epochs", total_epochs, 10)
+
+
+def _check_warmup(warmup, total_epochs) -> None:
+    """A warm-up of >= 0 epochs that leaves some of the run for the schedule itself."""
+    check_positive("warmup", warmup, 1, allow_zero=True)
+    if total_epochs is not None and warmup >= total_epochs:
+        raise ParameterError(f"warmup={warmup!r} must be shorter than total_epochs={total_epochs!r}, "
+                             f"e.g. warmup={total_epochs / 10!r}.")
 
 
 def cosine_anneal(frac: float, start: float = 1.0, end: float = 0.0) -> float:
@@ -29,6 +45,9 @@ def cosine_anneal(frac: float, start: float = 1.0, end: float = 0.0) -> float:
 class Constant:
     """The same learning rate at every step: the baseline."""
     total_epochs: float | None = None
+
+    def __post_init__(self):
+        _check_total(self.total_epochs)
 
     def __call__(self, t: float) -> float:
         return 1.0
@@ -45,6 +64,12 @@ class StepDecay:
     gamma: float = 0.1
     total_epochs: float | None = None
 
+    def __post_init__(self):
+        for i, m in enumerate(self.milestones):
+            check_positive(f"milestones[{i}]", m, 30, allow_zero=True)
+        check_positive("gamma", self.gamma, 0.1)
+        _check_total(self.total_epochs)
+
     def __call__(self, t: float) -> float:
         return self.gamma ** sum(t + _EPS >= m for m in self.milestones)
 
@@ -58,6 +83,10 @@ class Cosine:
     """One cosine from the base LR down to `min_frac * base` over `total_epochs` (like `CosineAnnealingLR`)."""
     total_epochs: float
     min_frac: float = 0.0
+
+    def __post_init__(self):
+        check_positive("total_epochs", self.total_epochs, 10)
+        check_unit_interval("min_frac", self.min_frac, 0.01)
 
     def __call__(self, t: float) -> float:
         return cosine_anneal(min(max(t / self.total_epochs, 0.0), 1.0), 1.0, self.min_frac)
@@ -80,9 +109,12 @@ class SGDR:
     min_frac: float = 0.0
 
     def __post_init__(self):
-        if self.n_cycles < 1 or self.cycle_len <= 0 or self.cycle_mult < 1:
-            raise ValueError("sgdr needs n_cycles >= 1, cycle_len > 0 and cycle_mult >= 1, got "
-                             f"{self.n_cycles}, {self.cycle_len}, {self.cycle_mult}")
+        check_positive_int("n_cycles", self.n_cycles, 3)
+        check_positive("cycle_len", self.cycle_len, 1)
+        if check_positive("cycle_mult", self.cycle_mult, 2) < 1:
+            raise ParameterError(f"cycle_mult={self.cycle_mult!r} must be >= 1 (each cycle at least as long as the "
+                                 "last), e.g. cycle_mult=2.")
+        check_unit_interval("min_frac", self.min_frac, 0.01)
 
     @property
     def total_epochs(self) -> float:
@@ -125,6 +157,12 @@ class OneCycle:
     div: float = 25.0
     final_div: float = 1e4
 
+    def __post_init__(self):
+        check_positive("total_epochs", self.total_epochs, 10)
+        check_fraction("pct_start", self.pct_start, 0.25, include_one=False)
+        check_positive("div", self.div, 25.0)
+        check_positive("final_div", self.final_div, 1e4)
+
     def __call__(self, t: float) -> float:
         peak = self.pct_start * self.total_epochs
         if t < peak:
@@ -147,6 +185,13 @@ class Warmup:
     epochs: float
     start_frac: float = 0.0
 
+    def __post_init__(self):
+        if not callable(self.inner):
+            raise ParameterError(f"schedule={self.inner!r} must be a schedule f(t) -> multiplier, "
+                                 "e.g. schedule=cosine(10).")
+        check_positive("warmup", self.epochs, 1)
+        check_unit_interval("start_frac", self.start_frac, 0.0)
+
     def __call__(self, t: float) -> float:
         if t + _EPS >= self.epochs:
             return self.inner(t - self.epochs)
@@ -168,6 +213,7 @@ class Warmup:
 
 def with_warmup(schedule, epochs: float, start_frac: float = 0.0):
     """Prefix `schedule` with a linear warm-up of `epochs` epochs (no-op when epochs == 0)."""
+    check_positive("warmup", epochs, 1, allow_zero=True)
     return Warmup(schedule, epochs, start_frac) if epochs > 0 else schedule
 
 
@@ -178,12 +224,16 @@ def constant(total_epochs: float | None = None) -> Constant:
 
 def step_decay(milestones, gamma: float = 0.1, total_epochs: float | None = None, warmup: float = 0):
     """Step-wise annealing: LR times `gamma` at each milestone epoch (milestones count from after the warm-up)."""
+    _check_total(total_epochs)
+    _check_warmup(warmup, total_epochs)
     inner_total = None if total_epochs is None else total_epochs - warmup
     return with_warmup(StepDecay(tuple(milestones), gamma, inner_total), warmup)
 
 
 def cosine(total_epochs: float, min_frac: float = 0.0, warmup: float = 0):
     """Cosine annealing over the whole run (`total_epochs` includes the optional warm-up)."""
+    check_positive("total_epochs", total_epochs, 10)
+    _check_warmup(warmup, total_epochs)
     return with_warmup(Cosine(total_epochs - warmup, min_frac), warmup)
 
 
@@ -199,6 +249,8 @@ def one_cycle(total_epochs: float, pct_start: float = 0.25, div: float = 25.0, f
 
 def n_steps(epochs: float, steps_per_epoch: int) -> int:
     """Number of optimizer steps in `epochs` (fractional epochs allowed)."""
+    check_positive("epochs", epochs, 10, allow_zero=True)
+    check_positive_int("steps_per_epoch", steps_per_epoch, 10)
     return int(math.ceil(epochs * steps_per_epoch - _EPS))
 
 
@@ -206,7 +258,9 @@ def lr_values(schedule, epochs: float | None = None, steps_per_epoch: int = 1, b
     """LR at every optimizer step, as the fit loop would set it (`base_lr * f(step / steps_per_epoch)`)."""
     epochs = schedule.total_epochs if epochs is None else epochs
     if epochs is None:
-        raise ValueError("this schedule has no total_epochs: pass epochs=")
+        raise ParameterError("epochs=None: this schedule has no total_epochs, so pass the epochs to show, "
+                             "e.g. epochs=10.")
+    check_positive("base_lr", base_lr, 1e-3)
     return np.array([base_lr * schedule(s / steps_per_epoch) for s in range(n_steps(epochs, steps_per_epoch))])
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .storage import atomic_save
+
 __all__ = ["SnapshotSaver", "save_snapshot", "load_snapshot", "snapshot_predictions", "ensemble_probs",
            "accuracy", "snapshot_table"]
 
@@ -20,11 +22,8 @@ _EPS = 1e-9
 
 def save_snapshot(model: torch.nn.Module, path, **meta) -> Path:
     """Write the model's weights (a CPU copy) and any metadata to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save({"model": state, **meta}, path)
-    return path
+    return atomic_save({"model": state, **meta}, path)
 
 
 def load_snapshot(model: torch.nn.Module, path) -> dict:

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import pickle
 import random
+import reprlib
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -15,7 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import CheckpointError, ParameterError
 from .optim import param_groups
+from .storage import atomic_save
+from .validate import check_positive, check_positive_int
 
 Callback = Callable[[str, "Learner"], None]
 
@@ -50,6 +56,7 @@ class Learner:
             raise ValueError(f"opt={opt!r}: choose one of {sorted(OPTIMIZERS)} or pass a callable(groups, wd)")
         if precision not in (None, "fp32", "bf16", "fp16"):
             raise ValueError(f"precision={precision!r}: choose None (fp32), 'bf16' or 'fp16'")
+        check_positive("wd", wd, 1e-4, allow_zero=True)
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
         self.net = net.to(self.device)
         self.channels_last = channels_last
@@ -62,6 +69,7 @@ class Learner:
         self.history = pd.DataFrame()
         self.opt: torch.optim.Optimizer | None = None
         self.epoch, self.step, self.last_loss = 0, 0, float("nan")
+        self.last_correct: torch.Tensor | None = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     # ------------------------------------------------------------ pieces
@@ -98,14 +106,11 @@ class Learner:
         With `checkpoint`, a checkpoint is written after each epoch; `resume=True` continues from it
         and ends with the same weights as an uninterrupted run (bit for bit with num_workers=0).
         """
-        if epochs < 1:
-            raise ValueError(f"epochs={epochs} must be at least 1")
-        callbacks = list(callbacks)
-        self.opt = self.make_optimizer(lr)
+        callbacks = _check_fit_args(epochs, lr, schedule, checkpoint, resume, callbacks)
         ckpt = Path(checkpoint) / "last.pt" if checkpoint else None
-        start, rows = 0, []
-        if ckpt and resume and ckpt.exists():
-            start, rows = self._resume(ckpt, epochs, lr)
+        state = self._read_checkpoint(ckpt, epochs, lr) if ckpt and resume and ckpt.exists() else None
+        self.opt = self.make_optimizer(lr)
+        start, rows = self._resume(ckpt, state, epochs) if state else (0, [])
         model, train_loader = self._distributed_wrap()
         steps_per_epoch = len(train_loader)
         if steps_per_epoch == 0:
@@ -150,7 +155,7 @@ class Learner:
         for i, (x, y) in enumerate(bar):
             self.step = epoch * steps_per_epoch + i
             if schedule is not None:
-                factor = float(schedule(self.step / steps_per_epoch))
+                factor = _schedule_factor(schedule, self.step / steps_per_epoch)
                 for g in self.opt.param_groups:
                     g["lr"] = g["initial_lr"] * factor
             x, y = self._to_device(x, y)
@@ -197,19 +202,20 @@ class Learner:
     # ------------------------------------------------------------ checkpoints
 
     def _save_checkpoint(self, path: Path, done: int, epochs: int, lr, rows) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"model": self.net.state_dict(), "opt": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
-                 "epoch": done, "epochs": epochs, "lr": repr(lr), "history": rows, "rng": rng_state()}
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # atomic: an interrupted save never leaves a broken checkpoint
+        state = _plain({"opt": self.opt.state_dict(), "scaler": self.scaler.state_dict(), "epoch": done,
+                        "epochs": epochs, "lr": repr(lr), "history": rows, "rng": rng_state()})
+        atomic_save({"model": self.net.state_dict(), **state}, path)
 
-    def _resume(self, path: Path, epochs: int, lr):
-        state = torch.load(path, map_location=self.device, weights_only=False)
+    def _read_checkpoint(self, path: Path, epochs: int, lr) -> dict:
+        """The checkpoint at `path`, refused unless it was written by a fit with these settings."""
+        state = load_checkpoint(path, self.device, "Delete it or pass resume=False to start over", RESUME_KEYS)
         if state["epochs"] != epochs or state["lr"] != repr(lr):
             raise ValueError(f"{path} was written by fit(epochs={state['epochs']}, lr={state['lr']}); "
                              f"this call is fit(epochs={epochs}, lr={lr!r}). Use the same settings to resume, "
                              "or resume=False to start over.")
+        return state
+
+    def _resume(self, path: Path, state: dict, epochs: int):
         self.net.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.scaler.load_state_dict(state["scaler"])
@@ -218,17 +224,15 @@ class Learner:
         return state["epoch"], list(state["history"])
 
     def save(self, path: str | os.PathLike, **extra) -> Path:
-        """Save the weights (and optimizer state, history, anything in `extra`)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": self.net.state_dict(),
-                    "opt": self.opt.state_dict() if self.opt else None,
-                    "history": self.history.to_dict(orient="records"), **extra}, path)
-        return path
+        """Save the weights (and optimizer state, history, anything in `extra`) atomically."""
+        extra = {key: _saveable(key, value) for key, value in extra.items()}
+        state = _plain({"opt": self.opt.state_dict() if self.opt else None,
+                        "history": self.history.to_dict(orient="records")})
+        return atomic_save({"model": self.net.state_dict(), **state, **extra}, path)
 
     def load(self, path: str | os.PathLike, with_opt: bool = False) -> dict:
         """Load weights saved by `save` (and the optimizer state with `with_opt`); returns the file's dict."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_checkpoint(path, self.device, "Delete it and save the model again with learn.save")
         self.net.load_state_dict(state["model"])
         if with_opt and state.get("opt") and self.opt is not None:
             self.opt.load_state_dict(state["opt"])
@@ -257,8 +261,12 @@ class Learner:
         return logits.softmax(1), y
 
     def evaluate(self, loader=None) -> dict:
-        """Mean cross-entropy and accuracy on `loader` (default: validation)."""
+        """Mean cross-entropy and accuracy on `loader` (default: validation).
+
+        `last_correct` keeps which items were right, so two models can be compared image by image.
+        """
         logits, y = self.get_logits(loader)
+        self.last_correct = logits.argmax(1) == y
         return {"loss": F.cross_entropy(logits, y).item(), "acc": (logits.argmax(1) == y).float().mean().item()}
 
 
@@ -268,8 +276,10 @@ def _is_main_process() -> bool:
 
 
 def rng_state() -> dict:
-    """Every RNG a lesson touches (torch, CUDA, numpy, python), to restore exactly later."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG a lesson touches (torch, CUDA, numpy, python) as tensors and numbers, to restore exactly later."""
+    numpy = np.random.get_state(legacy=False)
+    numpy["state"] = {**numpy["state"], "key": torch.from_numpy(numpy["state"]["key"].astype(np.int64))}
+    state = {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -278,7 +288,126 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     """Restore RNGs captured by `rng_state`."""
     torch.set_rng_state(state["torch"].cpu())
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    key = numpy["state"]["key"].cpu().numpy().astype(np.uint32)
+    np.random.set_state({**numpy, "state": {**numpy["state"], "key": key}})
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# ------------------------------------------------------------ argument checks
+
+def check_lr(lr, name: str = "lr"):
+    """A learning rate for `fit`: a number, `slice(hi)`, `slice(lo, hi)` or one per layer group, every rate > 0."""
+    if isinstance(lr, slice):
+        ok = lr.step is None and _is_rate(lr.stop) and (lr.start is None or _is_rate(lr.start))
+        example = slice(1e-5, 1e-3)
+    elif isinstance(lr, (list, tuple, np.ndarray)):
+        ok, example = len(lr) > 0 and all(map(_is_rate, lr)), [1e-5, 1e-4, 1e-3]
+    else:
+        ok, example = _is_rate(lr), 1e-3
+    if not ok:
+        raise ParameterError(f"{name}={lr!r}: every learning rate must be a finite number > 0 (one number, "
+                             f"slice(lo, hi) or one per layer group), e.g. {name}={example!r}.")
+    return lr
+
+
+def _is_rate(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and math.isfinite(value) and value > 0
+
+
+def _check_fit_args(epochs, lr, schedule, checkpoint, resume, callbacks) -> list:
+    """Refuse `fit` arguments that would train wrongly, before anything changes; returns the callbacks."""
+    check_positive_int("epochs", epochs, 5)
+    check_lr(lr)
+    if schedule is not None and not callable(schedule):
+        raise ParameterError(f"schedule={schedule!r} must be a function of the epochs elapsed (or None), "
+                             "e.g. schedule=tlkit.schedules.cosine(5).")
+    if resume and not checkpoint:
+        raise ParameterError(f"resume={resume!r} needs the folder of the checkpoint to resume from, "
+                             "e.g. fit(5, 1e-3, checkpoint='runs/exp1', resume=True).")
+    listed = list(callbacks) if isinstance(callbacks, Iterable) and not callable(callbacks) else None
+    if listed is None or not all(map(callable, listed)):
+        raise ParameterError(f"callbacks={callbacks!r} must be a list of functions cb(event, learner), "
+                             "e.g. callbacks=[print_event].")
+    return listed
+
+
+def _schedule_factor(schedule: Callable, t: float) -> float:
+    """The schedule's LR multiplier at `t` epochs; a negative or non-finite one is refused before the step."""
+    factor = float(schedule(t))
+    if not (math.isfinite(factor) and factor >= 0):
+        raise ParameterError(f"schedule={schedule!r} gives the LR multiplier {factor} at epoch {t:.3g}: it must be "
+                             "finite and >= 0, e.g. schedule=tlkit.schedules.cosine(5).")
+    return factor
+
+
+# ------------------------------------------------------------ checkpoint files
+
+RESUME_KEYS = ("model", "opt", "scaler", "epoch", "epochs", "lr", "history", "rng")
+_PLAIN_LEAVES = (torch.Tensor, str, bytes, int, float, bool, type(None))
+
+
+def load_checkpoint(path: str | os.PathLike, device, fix: str, keys: Sequence[str] = ("model",)) -> dict:
+    """`torch.load(weights_only=True)`; a damaged file, or one that would run code, is a CheckpointError naming it.
+
+    `fix` tells the user what to do about it; `keys` are the entries the file must have.
+    """
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise  # the path, not the file, is wrong: the OS message says which
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"cannot load {path}: {_why_refused(path)}. {fix}.") from exc
+    except Exception as exc:  # a truncated or overwritten file fails in many places of the reader
+        raise CheckpointError(f"cannot load {path}: the file is damaged ({type(exc).__name__}), e.g. by an "
+                              f"interrupted copy. {fix}.") from exc
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"cannot load {path}: it is not a file tlkit wrote (no {missing}). {fix}.")
+    return state
+
+
+def _why_refused(path) -> str:
+    """Why a file failed to load with weights_only=True: the objects it would need, or damage."""
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        unsafe = []
+    if unsafe:
+        return (f"it holds objects other than tensors, numbers, strings, lists and dicts ({', '.join(unsafe)}), "
+                "and unpickling those could run any code")
+    return "it is damaged or not a file torch.save wrote"
+
+
+def _plain(obj):
+    """`obj` with numpy scalars and arrays turned into Python numbers and tensors (what weights_only loads)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy()) if obj.dtype.kind in "biuf" else _plain(obj.tolist())
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj] if isinstance(obj, list) else tuple(map(_plain, obj))
+    return obj
+
+
+def _is_plain(obj) -> bool:
+    if isinstance(obj, dict):
+        return all(isinstance(k, (str, int)) and _is_plain(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return all(map(_is_plain, obj))
+    return isinstance(obj, _PLAIN_LEAVES)
+
+
+def _saveable(key: str, value):
+    """`value` as `save` stores it; anything that only unpickling code could restore is refused."""
+    value = _plain(value)
+    if not _is_plain(value):
+        raise ParameterError(f"{key}={reprlib.repr(value)} cannot be saved: saved models hold only tensors, "
+                             "numbers, strings, lists and dicts, so that loading one cannot run code; "
+                             f"e.g. {key}={['cat', 'dog']!r}.")
+    return value

@@ -19,7 +19,9 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
 from .data import DEFAULT_NORM, denormalize, make_loader
+from .errors import ParameterError
 from .models import eval_mode
+from .validate import check_choice, check_fraction, check_positive_int, check_unit_interval
 
 __all__ = ["VIEW_COUNTS", "TEN_CROP_NAMES", "TEN_CROP_SUBSETS", "MERGES", "crop_views", "CropViews", "AugViews",
            "view_transform", "aug_transform", "views_of", "view_panels", "predict_views", "merge", "blend",
@@ -46,6 +48,8 @@ def crop_views(img: torch.Tensor, size: int, mode: str = "ten") -> torch.Tensor:
     Order: "center" -> [centre]; "flip" -> [centre, its exact mirror]; "five"/"ten" -> torchvision's
     order (`TEN_CROP_NAMES`), whose mirrored views are crops *of the mirrored image*.
     """
+    check_positive_int("size", size, 224)
+    check_choice("mode", mode, VIEW_COUNTS)
     if mode == "center":
         views = [TF.center_crop(img, [size, size])]
     elif mode == "flip":
@@ -53,10 +57,8 @@ def crop_views(img: torch.Tensor, size: int, mode: str = "ten") -> torch.Tensor:
         views = [centre, TF.horizontal_flip(centre)]
     elif mode == "five":
         views = list(TF.five_crop(img, [size, size]))
-    elif mode == "ten":
-        views = list(TF.ten_crop(img, [size, size]))
     else:
-        raise ValueError(f"mode={mode!r}: choose one of {tuple(VIEW_COUNTS)}")
+        views = list(TF.ten_crop(img, [size, size]))
     return torch.stack([v.as_subclass(torch.Tensor) for v in views])
 
 
@@ -64,9 +66,8 @@ class CropViews:
     """Transform: a resized, normalised image tensor -> its stacked crop views (picklable for workers)."""
 
     def __init__(self, size: int, mode: str = "ten"):
-        if mode not in VIEW_COUNTS:
-            raise ValueError(f"mode={mode!r}: choose one of {tuple(VIEW_COUNTS)}")
-        self.size, self.mode = size, mode
+        self.size = check_positive_int("size", size, 224)
+        self.mode = check_choice("mode", mode, VIEW_COUNTS)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         return crop_views(img, self.size, self.mode)
@@ -83,9 +84,12 @@ def view_transform(size: int, norm=DEFAULT_NORM, mode: str = "ten", resize: int 
     so TTA is compared with the plain prediction on the same pixels.
     Why normalise before cropping: it is pointwise, so the result is identical and done once, not V times.
     """
-    resize = resize or int(round(size / crop_pct))
+    check_positive_int("size", size, 224)
+    check_fraction("crop_pct", crop_pct, 0.875)
+    resize = check_positive_int("resize", resize, 256) if resize is not None else int(round(size / crop_pct))
     if resize < size:
-        raise ValueError(f"resize={resize} must be at least the crop size {size}")
+        raise ParameterError(f"resize={resize} must be at least the crop size {size}, "
+                             f"e.g. resize={round(size / 0.875)}.")
     return T.Compose([T.ToImage(), T.Resize(resize, antialias=True), T.ToDtype(torch.float32, scale=True),
                       T.Normalize(*norm), CropViews(size, mode)])
 
@@ -94,9 +98,7 @@ class AugViews:
     """Transform: PIL image -> `[1 + n, C, H, W]`, the plain view first, then n random augmented passes."""
 
     def __init__(self, plain: Callable, augment: Callable, n: int = 4):
-        if n < 1:
-            raise ValueError(f"n={n} augmented passes: need at least 1")
-        self.plain, self.augment, self.n = plain, augment, n
+        self.plain, self.augment, self.n = plain, augment, check_positive_int("n", n, 4)
 
     def __call__(self, img) -> torch.Tensor:
         return torch.stack([self.plain(img)] + [self.augment(img) for _ in range(self.n)])
@@ -109,6 +111,7 @@ def aug_transform(size: int, norm=DEFAULT_NORM, n: int = 4, augment: Callable | 
                   crop_pct: float = 0.875) -> AugViews:
     """The plain eval view plus `n` passes of the training augmentation (default: `data.train_transform`)."""
     from .data import eval_transform, train_transform
+    check_positive_int("n", n, 4)
     return AugViews(eval_transform(size, norm, crop_pct), augment or train_transform(size, norm), n)
 
 
@@ -150,6 +153,7 @@ def predict_views(model: nn.Module, loader, device: torch.device | str | None = 
     model in chunks of at most `max_batch` images (ten views multiply the activation memory by ten).
     """
     from tqdm.auto import tqdm
+    check_positive_int("max_batch", max_batch, 32)
     device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
@@ -175,20 +179,18 @@ def merge(logits: torch.Tensor, how: str = "prob", dim: int = 1) -> torch.Tensor
     - "geo":   geometric mean of the probabilities, renormalised to sum to 1. It equals "logit"
       (softmax's normaliser is a per-view constant), so one confident view can veto the others.
     """
+    check_choice("how", how, MERGES)
     if how == "prob":
         return logits.softmax(-1).mean(dim)
     if how == "logit":
         return logits.mean(dim).softmax(-1)
-    if how == "geo":
-        geo = logits.log_softmax(-1).mean(dim).exp()
-        return geo / geo.sum(-1, keepdim=True)
-    raise ValueError(f"how={how!r}: choose one of {MERGES}")
+    geo = logits.log_softmax(-1).mean(dim).exp()
+    return geo / geo.sum(-1, keepdim=True)
 
 
 def blend(plain_probs: torch.Tensor, aug_probs: torch.Tensor, beta: float = 0.25) -> torch.Tensor:
     """fastai's TTA blend: `(1 - beta) * mean augmented prediction + beta * plain prediction`."""
-    if not 0 <= beta <= 1:
-        raise ValueError(f"beta={beta} must lie in [0, 1]")
+    check_unit_interval("beta", beta, 0.25)
     return torch.lerp(aug_probs, plain_probs, beta)
 
 
@@ -205,6 +207,9 @@ def tta_logits(model: nn.Module, images, transform: Callable, batch_size: int = 
     `decode_size` (default: the list's own) must match the plain pipeline's, e.g. `dls.val.dataset`'s:
     JPEGs decoded at a reduced scale differ slightly in their pixels.
     """
+    check_positive_int("batch_size", batch_size, 16)
+    check_positive_int("num_workers", num_workers, 0, allow_zero=True)
+    check_positive_int("max_batch", max_batch, 32)
     loader = make_loader(images.with_transform(transform, decode_size), batch_size, shuffle=False,
                          num_workers=num_workers)
     return predict_views(model, loader, device, max_batch, progress)
@@ -216,6 +221,10 @@ def tta_table(ten_logits: torch.Tensor, targets: torch.Tensor, aug_logits: torch
 
     `aug_logits` (`[N, 1 + n, K]`, plain view first) adds the fastai-style augmentation TTA rows.
     """
+    check_unit_interval("beta", beta, 0.25)
+    unknown = [how for how in hows if how not in MERGES]
+    if unknown:
+        raise ParameterError(f"hows={hows!r}: {unknown} not in {MERGES}, e.g. hows={MERGES!r}.")
     rows = []
 
     def add(name, views, probs):
@@ -258,6 +267,11 @@ def seconds_per_image(models: nn.Module | Sequence[nn.Module], batch: torch.Tens
     The views go through in forward passes of `max_batch` images (default: `len(batch)`), so k views
     cost k passes of the same size as the single prediction's.
     """
+    check_positive_int("views", views, 10)
+    check_positive_int("repeats", repeats, 3)
+    check_positive_int("warmup", warmup, 1, allow_zero=True)
+    if max_batch is not None:
+        check_positive_int("max_batch", max_batch, 32)
     models = [models] if isinstance(models, nn.Module) else list(models)
     max_batch = max_batch or len(batch)
     stacked = batch.repeat_interleave(views, dim=0) if views > 1 else batch

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 from .errors import ParameterError
 
-__all__ = ["check_choice", "check_fraction", "check_positive", "check_positive_int"]
+__all__ = ["check_choice", "check_fraction", "check_positive", "check_positive_int", "check_unit_interval"]
 
 
 def _is_number(value: Any) -> bool:
@@ -44,6 +44,15 @@ def check_fraction(name: str, value: Any, example: float = 0.5, *, include_one: 
     if not ok:
         interval = "(0, 1]" if include_one else "(0, 1)"
         raise ParameterError(f"{name}={value!r} must be a fraction in {interval}, e.g. {name}={example!r}.")
+    return float(value)
+
+
+def check_unit_interval(name: str, value: Any, example: float = 0.5, *, include_one: bool = True) -> float:
+    """A number in [0, 1] (or [0, 1) when `include_one` is False), e.g. a smoothing factor or a fraction of an LR."""
+    ok = _is_number(value) and 0 <= value and (value <= 1 if include_one else value < 1)
+    if not ok:
+        interval = "[0, 1]" if include_one else "[0, 1)"
+        raise ParameterError(f"{name}={value!r} must be a number in {interval}, e.g. {name}={example!r}.")
     return float(value)
 
 
