@@ -1,30 +1,39 @@
 """Lesson runner: execute lesson notebooks headless with papermill into a run folder.
 
-`python -m tlkit lessons list`
-`python -m tlkit lessons run [IDS...] --preset quick|full|auto --out DIR [-p NAME VALUE ...]`
+`python -m tlkit lessons list [IDS...] [-v]`
+`python -m tlkit lessons run [IDS...] --preset quick|full|auto --out DIR [--force] [-p NAME VALUE ...]`
 
 Each lesson runs in its own process so its wall time and peak memory are its own; a failing
-lesson is reported with the failing cell and the others still run.
+lesson is reported with the failing cell and the others still run. SIGINT (Ctrl-C) or SIGTERM stops
+the running lesson, its kernel included, marks it `interrupted` and exits with 128 + the signal.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import datetime as dt
 import html
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+import tokenize
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from .config import PRESETS, ParameterError
+from .config import PRESETS
+from .errors import ParameterError
 from .record import read_notebook_metrics
 
 REPO = Path(__file__).resolve().parent.parent
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+GRACE_S = 10.0  # seconds a stopped lesson gets to shut its kernel down before SIGKILL
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,23 @@ class LessonResult:
     html: str | None = None
 
 
+@dataclass(frozen=True)
+class Parameter:
+    """One assignment of a notebook's parameters cell."""
+
+    name: str
+    default: Any
+    help: str
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the runner; `signum` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def notebooks_dir() -> Path:
     """The lesson notebooks (`$TLKIT_NOTEBOOKS` or the repository's `notebooks/`)."""
     return Path(os.environ.get("TLKIT_NOTEBOOKS", REPO / "notebooks"))
@@ -81,11 +107,65 @@ def select(ids: Sequence[str], lessons: list[Lesson]) -> list[Lesson]:
     return chosen
 
 
-def notebook_parameters(path: Path) -> dict[str, Any]:
-    """Names and defaults of the notebook's `parameters` cell."""
-    import papermill as pm
-    found = pm.inspect_notebook(str(path))
-    return {name: info.get("default") for name, info in found.items()}
+def notebook_parameters(path: Path) -> dict[str, Parameter]:
+    """The assignments of the notebook's `parameters`-tagged cell (none when it has no such cell)."""
+    import nbformat
+    cells = nbformat.read(str(path), as_version=4).cells
+    source = next((c.source for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), "")
+    return parse_parameters(source, f"{path.name}, parameters cell")
+
+
+def parse_parameters(source: str, where: str = "parameters cell") -> dict[str, Parameter]:
+    """Each top-level `name = value` of a cell, with its literal default and its trailing comment as help."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError as exc:
+        raise ParameterError(f"{where}: line {exc.lineno} is not plain Python ({exc.msg}); "
+                             f"write parameters as `name = value  # help`, e.g. `seed = 0  # random seed`") from None
+    comments = _comments(source)
+    found = {}
+    for node, after in zip(body, [n.lineno for n in body[1:]] + [len(source.splitlines()) + 1]):
+        for name in _assigned_names(node):
+            found[name] = Parameter(name, _default(node.value, source), _help(comments, node, after))
+    return found
+
+
+def _assigned_names(node: ast.stmt) -> list[str]:
+    """The plain names a statement assigns a value to (`a = b = 1`, `a: int = 1`)."""
+    if isinstance(node, ast.AnnAssign) and node.value is not None:
+        targets = [node.target]
+    else:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+    return [t.id for t in targets if isinstance(t, ast.Name)]
+
+
+def _comments(source: str) -> dict[int, tokenize.TokenInfo]:
+    """The comment token of each line that has one."""
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    return {tok.start[0]: tok for tok in tokens if tok.type == tokenize.COMMENT}
+
+
+def _help(comments: dict[int, tokenize.TokenInfo], node: ast.stmt, after: int) -> str:
+    """The statement's trailing comment, continued by indented comment-only lines before line `after`."""
+    lines = [n for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+    for n in range(node.end_lineno + 1, after):
+        if not (lines and n in comments and _continues(comments[n])):
+            break
+        lines.append(n)
+    return " ".join(comments[n].string.lstrip("#").strip() for n in lines)
+
+
+def _continues(comment: tokenize.TokenInfo) -> bool:
+    """An indented line holding only this comment: the previous line's comment goes on."""
+    return comment.start[1] > 0 and comment.line.strip() == comment.string.strip()
+
+
+def _default(value: ast.expr, source: str) -> Any:
+    """The value as a Python literal; an expression that is not one stays its source text."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, TypeError):
+        return ast.get_source_segment(source, value)
 
 
 def parse_value(text: str) -> Any:
@@ -107,47 +187,133 @@ def check_parameters(lessons: list[Lesson], params: dict[str, Any]) -> dict[str,
     return {stem: {k: v for k, v in params.items() if k in names} for stem, names in declared.items()}
 
 
+def default_run_folder() -> Path:
+    """`runs/<timestamp>/` in the repository."""
+    return REPO / "runs" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
 def run_lessons(ids: Sequence[str] = (), preset: str = "auto", out: Path | None = None,
                 params: dict[str, Any] | None = None, timeout: float | None = None,
-                html_export: bool = True, echo=print) -> list[LessonResult]:
-    """Execute lessons into `out` (default `runs/<timestamp>/`); writes metrics.json and index.html."""
+                html_export: bool = True, echo=print, force: bool = False) -> list[LessonResult]:
+    """Execute lessons into `out` (default `runs/<timestamp>/`); writes metrics.json and index.html.
+
+    A KeyboardInterrupt (`Interrupted` for SIGTERM under `main`) stops the running lesson's processes,
+    records it as `interrupted` and propagates; the lessons after it do not run.
+    """
     if preset not in PRESETS:
         raise ParameterError(f"preset={preset!r} is not one of {PRESETS}")
     lessons = select(ids, list_lessons())
     if not lessons:
         raise ParameterError(f"no lesson notebooks found in {notebooks_dir()}")
     per_lesson = check_parameters(lessons, dict(params or {}))
-    out = Path(out or REPO / "runs" / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for lesson in lessons:
-        echo(f"[{lesson.stem}] running (preset={preset}) ...")
-        result = execute_in_subprocess(lesson, out, {"preset": preset, **per_lesson[lesson.stem]},
-                                       timeout, html_export)
-        results.append(result)
-        peak = f"{result.peak_mb:.0f} MB" if result.peak_mb else "?"
-        echo(f"[{lesson.stem}] {result.status} in {result.wall_s:.0f} s, peak {peak}"
-             + (f"\n    {result.error}" if result.error else ""))
+    out = Path(out or default_run_folder())
+    prepare_run_folder(out, force)
+    results: list[LessonResult] = []
+    running = None  # (lesson, start time) while a lesson executes
+    write_summary(out, results, preset)
+    try:
+        for lesson in lessons:
+            echo(f"[{lesson.stem}] running (preset={preset}) ...")
+            running = lesson, time.perf_counter()
+            result = execute_in_subprocess(lesson, out, {"preset": preset, **per_lesson[lesson.stem]},
+                                           timeout, html_export)
+            running = None
+            results.append(result)
+            peak = f"{result.peak_mb:.0f} MB" if result.peak_mb else "?"
+            echo(f"[{lesson.stem}] {result.status} in {result.wall_s:.0f} s, peak {peak}"
+                 + (f"\n    {result.error}" if result.error else ""))
+            write_summary(out, results, preset)
+    except KeyboardInterrupt as exc:
+        if running:
+            results.append(interrupted_result(*running, out, exc))
+            echo(f"[{results[-1].lesson}] {results[-1].error} after {results[-1].wall_s:.0f} s")
         write_summary(out, results, preset)
+        raise
     echo(f"run folder: {out}  (open {out / 'index.html'})")
     return results
 
 
+def prepare_run_folder(out: Path, force: bool) -> None:
+    """Create `out`; refuse a folder that cannot be written, or that holds a run unless `force`."""
+    if (out / "metrics.json").exists() and not force:
+        raise ParameterError(f"--out {out} already holds a run (metrics.json); pass --force to overwrite it "
+                             f"or choose a new folder, e.g. --out {out.parent / (out.name + '-2')}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:
+        raise ParameterError(f"--out {out} is not a writable folder ({exc.strerror or exc}); "
+                             f"choose another, e.g. --out {REPO / 'runs' / 'mine'}") from None
+
+
+def interrupted_result(lesson: Lesson, t0: float, out: Path, exc: KeyboardInterrupt) -> LessonResult:
+    """The record of a lesson stopped by a signal; its partly executed notebook is kept when there is one."""
+    signame = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+    nb_out = out / lesson.path.name
+    return LessonResult(lesson.stem, "interrupted", time.perf_counter() - t0, None, error=f"stopped by {signame}",
+                        notebook=nb_out.name if nb_out.exists() else None)
+
+
 def execute_in_subprocess(lesson: Lesson, out: Path, params: dict, timeout: float | None,
                           html_export: bool) -> LessonResult:
-    """Run one lesson in a child process (its own peak memory), returning its result."""
+    """Run one lesson in a child process (its own peak memory), returning its result.
+
+    The child leads its own process group; if anything (Ctrl-C, SIGTERM) interrupts the wait, the
+    group is stopped before the exception propagates, so no lesson keeps running in the background.
+    """
     report = out / f".{lesson.stem}.result.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, "-m", "tlkit.lessons", "_execute", str(lesson.path), str(out), json.dumps(params),
            str(timeout or 0), "1" if html_export else "0", str(report)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            proc.wait()
+        except BaseException:
+            stop_process_group(proc)
+            report.unlink(missing_ok=True)
+            raise
+        log.seek(0)
+        tail = log.read()[-2000:]
     if report.exists():
         result = LessonResult(**json.loads(report.read_text()))
         report.unlink()
         return result
-    tail = (proc.stderr or proc.stdout)[-2000:]
     return LessonResult(lesson.stem, "failed", time.perf_counter() - t0, None, error=f"runner crashed: {tail}")
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = GRACE_S) -> None:
+    """SIGTERM the process group `proc` leads; SIGKILL it if its leader outlives `grace` seconds.
+
+    On SIGTERM the lesson process unwinds papermill, which shuts its kernel down (the kernel runs in a
+    session of its own); a kernel whose lesson process was SIGKILLed exits within a second by itself
+    (ipykernel's parent poller).
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM raise `Interrupted`; later ones are ignored while it cleans up."""
+    def handler(signum: int, frame: Any) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _execute(nb_in: str, out_dir: str, params_json: str, timeout: str, html_export: str, report: str) -> None:
@@ -157,11 +323,11 @@ def _execute(nb_in: str, out_dir: str, params_json: str, timeout: str, html_expo
     import papermill as pm
     path, out = Path(nb_in), Path(out_dir)
     nb_out = out / path.name
-    params = json.loads(params_json)
     t0 = time.perf_counter()
     status, error = "ok", None
     try:
-        pm.execute_notebook(str(path), str(nb_out), parameters=params, cwd=str(path.parent),
+        inject_parameters(path, nb_out, json.loads(params_json))
+        pm.execute_notebook(str(nb_out), str(nb_out), cwd=str(path.parent),
                             execution_timeout=float(timeout) or None, progress_bar=False,
                             log_output=False)
     except pm.PapermillExecutionError as exc:
@@ -181,6 +347,17 @@ def _execute(nb_in: str, out_dir: str, params_json: str, timeout: str, html_expo
             html_name = export_html(nb_out)
     result = LessonResult(path.stem, status, wall, peak_kb / 1024, metrics, error, nb_out.name, html_name)
     Path(report).write_text(json.dumps(asdict(result)))
+
+
+def inject_parameters(nb_in: Path, nb_out: Path, params: dict) -> None:
+    """Write `nb_in` to `nb_out` with papermill's injected-parameters cell after its parameters cell.
+
+    papermill's injection needs no parsing; only its check for unknown names does (and warns on lines
+    it cannot parse), which `check_parameters` has done already. So papermill executes `nb_out` as is.
+    """
+    from papermill.iorw import load_notebook_node, write_ipynb
+    from papermill.parameterize import parameterize_notebook
+    write_ipynb(parameterize_notebook(load_notebook_node(str(nb_in)), params), str(nb_out))
 
 
 def _first_line(nb_path: Path, exec_count: int) -> str:
@@ -218,7 +395,7 @@ def write_summary(out: Path, results: list[LessonResult], preset: str) -> None:
         link = f'<a href="{html.escape(r.html)}">{html.escape(r.lesson)}</a>' if r.html else html.escape(r.lesson)
         scalars = {k: v for k, v in r.metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(scalars.items())[:8])
-        colour = "#e6f4ea" if r.status == "ok" else "#fce8e6"
+        colour = {"ok": "#e6f4ea", "interrupted": "#fef7e0"}.get(r.status, "#fce8e6")
         peak = f"{r.peak_mb:.0f}" if r.peak_mb else "?"
         err = f"<br><small>{html.escape(r.error)}</small>" if r.error else ""
         rows.append(f'<tr style="background:{colour}"><td>{link}</td><td>{r.status}{err}</td>'
@@ -233,40 +410,80 @@ def write_summary(out: Path, results: list[LessonResult], preset: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: `lessons list` and `lessons run`."""
+    """Command line: `lessons list` and `lessons run`; 2 on bad input, 128 + signal when stopped."""
+    args = _parser().parse_args(argv)
+    try:
+        return list_command(args.ids, args.verbose) if args.verb == "list" else run_command(args)
+    except ParameterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    """`python -m tlkit lessons list|run ...`."""
     parser = argparse.ArgumentParser(prog="python -m tlkit", description="tlkit lesson runner")
     sub = parser.add_subparsers(dest="area", required=True)
     lessons = sub.add_parser("lessons", help="list or run lesson notebooks")
     verbs = lessons.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("list", help="list the lessons and their parameters")
+    ls = verbs.add_parser("list", help="list the lessons and their parameters")
+    ls.add_argument("ids", nargs="*", help="lesson ids (e.g. 0 3 or 03_lr_finder); default: all")
+    ls.add_argument("-v", "--verbose", action="store_true", help="one line per parameter: default and help")
     run = verbs.add_parser("run", help="execute lessons headless into a run folder")
     run.add_argument("ids", nargs="*", help="lesson ids (e.g. 0 3 or 03_lr_finder); default: all")
     run.add_argument("--preset", default="auto", choices=PRESETS)
     run.add_argument("--out", type=Path, default=None, help="run folder (default runs/<timestamp>)")
+    run.add_argument("--force", action="store_true", help="run into an --out folder that already holds a run")
     run.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                     help="set a notebook parameter, e.g. -p dataset dtd10")
+                     help="set a notebook parameter, e.g. -p dataset dtd10 (see `lessons list -v`)")
     run.add_argument("--timeout", type=float, default=None, help="seconds allowed per cell")
     run.add_argument("--no-html", action="store_true", help="skip the HTML export")
-    args = parser.parse_args(argv)
-    if args.verb == "list":
-        for lesson in list_lessons():
-            names = ", ".join(f"{k}={v}" for k, v in notebook_parameters(lesson.path).items())
-            print(f"{lesson.id}  {lesson.name:28s} {names}")
-        return 0
-    try:
-        results = run_lessons(args.ids, args.preset, args.out, {k: parse_value(v) for k, v in args.param},
-                              args.timeout, not args.no_html)
-    except ParameterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def list_command(ids: Sequence[str], verbose: bool) -> int:
+    """Print the lessons with their parameters (`verbose`: one line each, with default and help)."""
+    for lesson in select(ids, list_lessons()):
+        params = notebook_parameters(lesson.path).values()
+        if not verbose:
+            print(f"{lesson.id}  {lesson.name:28s} {', '.join(f'{p.name}={p.default!r}' for p in params)}")
+            continue
+        print(f"{lesson.id}  {lesson.name}")
+        for p in params:
+            print(f"    {p.name:22s} {p.default!r:22s} {p.help}".rstrip())
+    if not verbose:
+        print("(each parameter's default and meaning: python -m tlkit lessons list -v [IDS])")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`lessons run`: 0 when every lesson passed, 1 when one failed, 128 + signal when stopped."""
+    out = args.out or default_run_folder()
+    with signals_interrupt():
+        try:
+            results = run_lessons(args.ids, args.preset, out, {k: parse_value(v) for k, v in args.param},
+                                  args.timeout, not args.no_html, force=args.force)
+        except Interrupted as exc:
+            print(f"stopped by {exc}: the running lesson is marked interrupted in {out / 'index.html'}",
+                  file=sys.stderr)
+            return 128 + exc.signum
     failed = [r.lesson for r in results if r.status != "ok"]
     if failed:
         print(f"{len(failed)} lesson(s) failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 
+def _execute_main(argv: Sequence[str]) -> int:
+    """Child-process entry: SIGTERM from the runner unwinds papermill, which shuts the kernel down."""
+    with signals_interrupt():
+        try:
+            _execute(*argv)
+        except Interrupted as exc:
+            return 128 + exc.signum
+    return 0
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_execute":
-        _execute(*sys.argv[2:8])
+        sys.exit(_execute_main(sys.argv[2:8]))
     else:
         sys.exit(main())
