@@ -102,3 +102,17 @@ def pytest_terminal_summary(terminalreporter):
         peak = f"{r.peak_mb:.0f} MB" if r.peak_mb else "?"
         terminalreporter.write_line(f"{r.lesson:28s} {r.status:7s} {r.wall_s:6.0f} s  peak {peak}")
     terminalreporter.write_line(f"executed notebooks: {LESSON_RUNS.out}")
+
+
+def recorded_claims(metrics: dict, expected_ids) -> dict[int, dict]:
+    """A lesson's recorded verdicts, checked against the contract: one per expected claim, each verdict the
+    one its interval implies, the effect inside its interval. Returns them by claim id."""
+    from tlkit.claims import verdict_of
+    entries = {e["id"]: e for e in metrics["claims"]}
+    assert sorted(entries) == sorted(expected_ids)
+    for e in entries.values():
+        low, high = e["ci"]
+        assert low <= e["effect"] <= high, e
+        assert e["verdict"] == verdict_of(low, high), e
+        assert e["n"] >= 2 and e["what"], e
+    return entries

@@ -120,3 +120,11 @@ def test_proportion_interval_is_clopper_pearson():
     assert claims.share_above(17, 228, 240, 0.99, "same predictions").verdict == CONTRADICTED
     _, low0, _ = claims.proportion_interval(0, 10)
     assert low0 == 0
+
+
+def test_summary_table_lists_each_recorded_verdict():
+    entries = [claims.judge(1, 0.3, (0.2, 0.4), 153, "head minus scratch").record_entry(),
+               claims.judge(3, -0.01, (-0.05, 0.03), 153, "gain with more data").record_entry()]
+    table = claims.summary_table(entries).splitlines()
+    assert len(table) == 4 and "| 1 |" in table[2] and "**supported**" in table[2]
+    assert "+30.0 (+20.0 to +40.0) points" in table[2] and "**not shown at this size**" in table[3]

@@ -1,6 +1,8 @@
-"""Lesson 02 executes in the quick preset and records the colour PCA, the gap with/without augmentation, step times."""
+"""Lesson 02 executes in the quick preset: the colour PCA, three from-scratch runs, step times, claims 7-10."""
 import numpy as np
 import pytest
+
+from conftest import recorded_claims
 
 pytestmark = pytest.mark.notebook
 
@@ -22,14 +24,17 @@ def test_both_runs_learn_the_task(metrics):
         assert 0.6 < metrics[key] <= 1.0, (key, metrics[key])  # 2 classes: chance is 0.5
 
 
-def test_augmentation_narrows_the_generalisation_gap(metrics):
+def test_gaps_are_train_minus_validation_accuracy(metrics):
     for key in ("gap_no_aug", "gap_with_aug"):
-        assert -0.3 < metrics[key] < 0.5, (key, metrics[key])
+        assert -0.5 < metrics[key] < 0.5, (key, metrics[key])
         assert metrics[key] + metrics[key.replace("gap", "acc")] <= 1.0 + 1e-6  # = clean train accuracy <= 1
-    assert metrics["gap_with_aug"] < metrics["gap_no_aug"]
 
 
-def test_workers_take_the_distortions_off_the_training_process(metrics, lesson_result):
+def test_claims_7_to_10_are_recorded_with_verdicts_that_follow_their_intervals(metrics):
+    """No direction is asserted: whether augmentation helps at this size is what the verdicts report."""
+    recorded_claims(metrics, [7, 8, 9, 10])
+
+
+def test_workers_were_timed(metrics, lesson_result):
     assert metrics["step_time_workers_0"] > 0 and metrics["step_time_workers_2"] > 0
-    assert metrics["data_wait_workers_2"] < 0.5 * metrics["data_wait_workers_0"]
     assert lesson_result("02").peak_mb < 2048

@@ -3,6 +3,8 @@ import math
 
 import pytest
 
+from conftest import recorded_claims
+
 pytestmark = pytest.mark.notebook
 
 RULES = ("min10", "steep", "valley")
@@ -39,6 +41,13 @@ def test_curves_before_and_after_unfreezing_were_measured(lesson_metrics):
     for key in ("frozen", "unfrozen"):
         assert math.isfinite(m[f"first_loss_{key}"])
         assert m[f"lr_valley_{key}"] is None or 1e-5 <= m[f"lr_valley_{key}"] <= 10
+
+
+def test_claims_12_and_13_are_recorded_over_repeated_runs(lesson_metrics):
+    m = lesson_metrics("03")
+    verdicts = recorded_claims(m, [12, 13])
+    assert verdicts[12]["n"] >= 70                      # the held-out half of 153 validation images
+    assert len(m["valley_shifts"]) == verdicts[13]["n"] == 3   # one pair of sweeps per seed
 
 
 def test_quick_preset_fits_binder(lesson_result):

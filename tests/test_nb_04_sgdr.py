@@ -1,5 +1,7 @@
-"""Lesson 04 executes in the quick preset and shows what its prose says it shows."""
+"""Lesson 04 executes in the quick preset: every schedule's result, and the verdicts on claims 14-17."""
 import pytest
+
+from conftest import recorded_claims
 
 pytestmark = pytest.mark.notebook
 
@@ -19,14 +21,9 @@ def test_sgdr_lesson_records_every_result(lesson_metrics, lesson_result):
     assert lesson_result("04").peak_mb < 2048
 
 
-def test_annealing_a_high_learning_rate_beats_constant_and_ends_flatter(lesson_metrics):
-    m = lesson_metrics("04")
-    assert m["acc_sgdr"] >= m["acc_constant"] + 0.04
-    assert min(m["acc_step"], m["acc_cosine"], m["acc_sgdr_mult2"]) > m["acc_constant"]
-    assert m["sharpness_sgdr"] < m["sharpness_constant"] / 3
-
-
-def test_at_the_finders_rate_the_gap_vanishes_and_snapshots_do_not_hurt(lesson_metrics):
-    m = lesson_metrics("04")
-    assert abs(m["acc_sgdr_finder_lr"] - m["acc_constant_finder_lr"]) < 0.05
-    assert m["acc_snapshot_ensemble"] >= m["acc_sgdr"] - 0.03
+def test_claims_14_to_17_are_recorded_and_the_mechanics_hold(lesson_metrics):
+    """16 and 17 are mechanics (our SGDR sets torch's LR at every step; reloaded weights predict the same): the
+    design settles them. Whether SGDR beats step decay, or ends flatter, is what 14 and 15 report."""
+    verdicts = recorded_claims(lesson_metrics("04"), [14, 15, 16, 17])
+    assert verdicts[16]["verdict"] == verdicts[17]["verdict"] == "supported"
+    assert verdicts[14]["n"] == 240 and verdicts[15]["n"] == 3

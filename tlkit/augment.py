@@ -335,3 +335,78 @@ def time_steps(model: torch.nn.Module, loader: Iterable, n_steps: int = 10, warm
     total, wait = ev[-1, 2] - ev[0, 0], float((ev[:, 1] - ev[:, 0]).sum())
     return {"step_s": total / n_steps, "data_wait_s": wait / n_steps, "compute_s": (total - wait) / n_steps,
             "events": ev.tolist()}
+
+
+def lighting_change(size: int, norm, pca: ColorPCA, shift_sigma: float = 0.08, pca_sigma: float = 1.0) -> v2.Compose:
+    """The evaluation view under a random change of lighting: a colour shift and a strong PCA colour shift."""
+    return v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size),
+                       ColorShift(shift_sigma), PCAColor(pca.eigvals, pca.eigvecs, pca_sigma),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(*norm)])
+
+
+def compare_augmentations(train_images, val_images, train_tfms: dict, eval_tf, lit_tf, epochs: int, lr: float,
+                          batch_size: int, width: int, seed: int = 0, device="cpu") -> dict[str, dict]:
+    """Train the same small CNN (same seed, same images) once per training transform, from scratch.
+
+    Each result holds the history and per-image correctness on the clean training images, the
+    validation images, and the validation images under a seeded change of lighting (the same
+    changed images for every model), so runs can be compared image by image.
+    """
+    from .data import DataLoaders, make_loader
+    from .train import Learner
+    val = make_loader(val_images.with_transform(eval_tf), 128, False)
+    clean_train = make_loader(train_images.with_transform(eval_tf), 128, False)
+    lit = make_loader(val_images.with_transform(lit_tf), 128, False)
+    results = {}
+    for name, tf in train_tfms.items():
+        torch.manual_seed(seed)
+        net = small_cnn(len(train_images.classes), width)
+        train = make_loader(train_images.with_transform(tf), batch_size, True, seed=seed)
+        learn = Learner(net, DataLoaders(train, val, list(train_images.classes), None), device=device)
+        hist = fit_with_clean_train_acc(learn, epochs, lr, clean_train,
+                                        schedule=lambda t: 0.5 * (1 + np.cos(np.pi * t / epochs)))
+        correct = {}
+        for part, loader in (("train", clean_train), ("val", val), ("lit", lit)):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)          # the same lighting changes for every model
+                learn.evaluate(loader)
+            correct[part] = learn.last_correct.numpy().astype(float)
+        results[name] = {"history": hist, "correct": correct}
+    return results
+
+
+def verdict_fights_overfitting(plain: dict, augmented: dict):
+    """Claim 10: the train-minus-validation gap without augmentation minus the gap with it."""
+    from . import claims
+    p, a = plain["correct"], augmented["correct"]
+    effect, low, high = claims.bootstrap_sum([(1.0, p["train"] - a["train"]), (-1.0, p["val"] - a["val"])])
+    return claims.judge(10, effect, (low, high), len(p["val"]),
+                        "the generalisation gap (clean training minus validation accuracy) without augmentation "
+                        "minus the gap with it")
+
+
+def verdict_geometry_helps(geometric: dict, plain: dict):
+    """Claim 7: validation accuracy with crops, mirrors and rotations minus without any augmentation."""
+    from . import claims
+    return claims.compare_accuracy(7, geometric["correct"]["val"], plain["correct"]["val"],
+                                   "crop + mirror + rotation minus no augmentation, validation accuracy")
+
+
+def verdict_colour_robustness(coloured: dict, geometric: dict):
+    """Claim 8: how much less accuracy colour augmentation loses when the lighting changes."""
+    from . import claims
+    c, g = coloured["correct"], geometric["correct"]
+    return claims.compare_accuracy(8, c["lit"] - c["val"], g["lit"] - g["val"],
+                                   "accuracy lost to a change of lighting without colour augmentation minus with it "
+                                   "(geometry in both)")
+
+
+def verdict_workers(timings: dict):
+    """Claim 9: time per step spent waiting for data with the training process distorting, minus with 2 workers."""
+    from . import claims
+    waits = {k: np.diff(np.asarray(t["events"])[:, :2], axis=1)[:, 0] for k, t in timings.items()}
+    alone, workers = waits["0 workers"], waits["2 workers"]
+    effect, low, high = claims.bootstrap_sum([(1.0, alone), (-1.0, workers)])
+    return claims.judge(9, effect, (low, high), min(len(alone), len(workers)),
+                        "data waiting per training step, distortions in the training process minus in 2 workers",
+                        unit="ms per step", scale=1000.0)

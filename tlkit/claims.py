@@ -17,7 +17,8 @@ from .record import RECORDED, record
 
 __all__ = ["CLAIMS", "CONTRADICTED", "Claim", "NOT_SHOWN", "SUPPORTED", "VERDICTS", "Verdict", "bootstrap_sum",
            "compare_accuracy", "compare_seeds", "compare_speed", "judge", "mean_interval", "paired_bootstrap",
-           "proportion_interval", "ratio_interval", "report", "share_above", "verdict_of"]
+           "ledger", "proportion_interval", "ratio_interval", "report", "share_above", "show_summary",
+           "summary_table", "verdict_cells", "verdict_of"]
 
 SUPPORTED, NOT_SHOWN, CONTRADICTED = "supported", "not shown at this size", "contradicted"
 VERDICTS = (SUPPORTED, NOT_SHOWN, CONTRADICTED)
@@ -233,18 +234,66 @@ def compare_speed(claim_id: int, slow_seconds: Sequence[float], fast_seconds: Se
                  unit="x speed-up", scale=1.0, offset=1.0)
 
 
-def report(verdict: Verdict, notes_say: str = "") -> Verdict:
-    """Record the verdict in the lesson's `claims` list and show its sentence (Markdown in a notebook)."""
-    entries = [e for e in RECORDED.get("claims", []) if e["id"] != verdict.id]
-    record("claims", sorted(entries + [verdict.record_entry()], key=lambda e: e["id"]))
-    text = verdict.sentence(notes_say)
+def _show(markdown: str) -> None:
+    """Markdown in a notebook, plain text elsewhere."""
     try:
         from IPython import get_ipython
         from IPython.display import Markdown, display
         if get_ipython() is not None:
-            display(Markdown(text))
-            return verdict
+            display(Markdown(markdown))
+            return
     except ImportError:  # pragma: no cover - IPython comes with ipykernel
         pass
-    print(text)
+    print(markdown)
+
+
+def report(verdict: Verdict, notes_say: str = "") -> Verdict:
+    """Record the verdict in the lesson's `claims` list and show its sentence (Markdown in a notebook)."""
+    entries = [e for e in RECORDED.get("claims", []) if e["id"] != verdict.id]
+    record("claims", sorted(entries + [verdict.record_entry()], key=lambda e: e["id"]))
+    _show(verdict.sentence(notes_say))
     return verdict
+
+
+def summary_table(entries: Sequence[dict]) -> str:
+    """A Markdown table of recorded verdicts: claim, what was measured, effect with interval, n, verdict."""
+    lines = ["| claim | the notes say | measured | effect (95 % interval) | n | verdict |", "|---|---|---|---|---|---|"]
+    for e in entries:
+        v = Verdict(**{**e, "ci": tuple(e["ci"])})
+        lines.append(f"| {v.id} | {CLAIMS[v.id].text} | {v.what} | {v.shown(v.effect)} ({v.shown(v.ci[0])} to "
+                     f"{v.shown(v.ci[1])}) {v.unit} | {v.n:,} | **{v.verdict}** |")
+    return "\n".join(lines)
+
+
+def show_summary() -> str:
+    """Show this lesson's verdicts as a table (what the run found next to what the notes say)."""
+    table = summary_table(RECORDED.get("claims", []))
+    _show(table)
+    return table
+
+
+def verdict_cells(nb) -> dict[int, str]:
+    """Claim id -> id of the executed notebook's cell whose output states that claim's verdict."""
+    found = {}
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            text = out.get("data", {}).get("text/markdown", "")
+            text = "".join(text) if isinstance(text, list) else text
+            if text.startswith("**Claim ") and cell.get("id"):
+                found[int(text[len("**Claim "):].split("**", 1)[0])] = cell["id"]
+    return found
+
+
+def ledger(lessons: Sequence[tuple[str, list, dict, str | None]]) -> list[dict]:
+    """Every claim of the registry with this run's verdict, from (lesson, claims record, verdict cells, html).
+
+    A claim no lesson of the run measured is listed as `not measured in this run`, so the ledger
+    always has all 29 rows; `link` points at the cell that states a verdict.
+    """
+    measured = {}
+    for lesson, entries, cells, html in lessons:
+        for e in entries or []:
+            link = f"{html}#cell-id={cells[e['id']]}" if html and e["id"] in cells else html
+            measured[e["id"]] = {**e, "lesson": lesson, "link": link}
+    return [measured.get(cid, {"id": cid, "lesson": None, "verdict": "not measured in this run"})
+            | {"claim": claim.text, "source": claim.source} for cid, claim in sorted(CLAIMS.items())]

@@ -385,10 +385,50 @@ def export_html(nb_path: Path) -> str | None:
     return target.name
 
 
+def claims_ledger(out: Path, results: list[LessonResult]) -> list[dict]:
+    """All 29 claims with the verdicts this run's lessons recorded, linked to the cells that state them."""
+    import nbformat
+
+    from .claims import ledger, verdict_cells
+    found = []
+    for r in results:
+        nb_path = out / r.notebook if r.notebook else None
+        cells = verdict_cells(nbformat.read(str(nb_path), as_version=4)) if nb_path and nb_path.is_file() else {}
+        found.append((r.lesson, r.metrics.get("claims"), cells, r.html))
+    return ledger(found)
+
+
+def claims_table_html(rows: list[dict]) -> str:
+    """The run's claims ledger as an HTML table: the page an instructor hands out after `make lessons`."""
+    colours = {"supported": "#e6f4ea", "contradicted": "#fce8e6", "not shown at this size": "#fef7e0"}
+    body = []
+    for row in rows:
+        if "effect" in row:
+            scale, offset, unit = row.get("scale", 100.0), row.get("offset", 0.0), row.get("unit", "")
+            show = (lambda v: f"{v * scale + offset:.2f}") if offset else (lambda v: f"{v * scale:+.2f}")
+            effect = f"{show(row['effect'])} [{show(row['ci'][0])}, {show(row['ci'][1])}] {unit}"
+            n, what = f"{row['n']:,}", row.get("what", "")
+        else:
+            effect = n = what = ""
+        lesson = html.escape(row["lesson"] or "—")
+        if row.get("link"):
+            lesson = f'<a href="{html.escape(row["link"])}">{lesson}</a>'
+        body.append(f'<tr style="background:{colours.get(row["verdict"], "#fff")}"><td>{row["id"]}</td>'
+                    f"<td>{html.escape(row['claim'])}<br><small>{html.escape(row['source'])}</small></td>"
+                    f"<td>{lesson}</td><td><b>{html.escape(row['verdict'])}</b></td><td>{html.escape(effect)}</td>"
+                    f"<td>{n}</td><td><small>{html.escape(what)}</small></td></tr>")
+    return ("<h2>The notes' claims, settled by this run</h2><p>Effect signed in the claim's direction (positive: as "
+            "the notes say), with its 95 % interval: <i>supported</i> when the interval lies above zero, "
+            "<i>contradicted</i> below, <i>not shown at this size</i> when it covers zero.</p>"
+            "<table><tr><th>#</th><th>claim</th><th>lesson</th><th>verdict</th><th>effect [95 % interval]</th>"
+            f"<th>n</th><th>what was compared</th></tr>{''.join(body)}</table>")
+
+
 def write_summary(out: Path, results: list[LessonResult], preset: str) -> None:
-    """metrics.json (everything) and index.html (a table a person reads)."""
+    """metrics.json (everything, with the claims ledger) and index.html (the tables a person reads)."""
+    ledger_rows = claims_ledger(out, results)
     payload = {"preset": preset, "created": dt.datetime.now().isoformat(timespec="seconds"),
-               "lessons": {r.lesson: asdict(r) for r in results}}
+               "lessons": {r.lesson: asdict(r) for r in results}, "claims": ledger_rows}
     (out / "metrics.json").write_text(json.dumps(payload, indent=2))
     rows = []
     for r in results:
@@ -406,7 +446,7 @@ def write_summary(out: Path, results: list[LessonResult], preset: str) -> None:
         "text-align:left;vertical-align:top}</style>"
         f"<h1>tlkit lessons — preset {html.escape(preset)}</h1><p>{payload['created']}</p>"
         "<table><tr><th>lesson</th><th>status</th><th>wall time (s)</th><th>peak memory (MB)</th>"
-        f"<th>key metrics</th></tr>{''.join(rows)}</table>", encoding="utf-8")
+        f"<th>key metrics</th></tr>{''.join(rows)}</table>{claims_table_html(ledger_rows)}", encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -548,3 +548,70 @@ def _learner_lr_find(learn, group_lrs=None, optimizer=None, loss_fn=None, train_
     optimizer = optimizer or _learner_optimizer(learn, group_lrs)
     return lr_find(learn.net, train_loader or learn.dls.train, loss_fn=loss_fn or learn.loss_fn,
                    optimizer=optimizer, device=device or getattr(learn, "device", None), **kwargs)
+
+
+# ----------------------------------------------------------------------------- verdicts on the notes' claims
+def item_losses(learn, loader) -> np.ndarray:
+    """Cross-entropy of every item of `loader` under `learn`'s model (for image-by-image comparisons)."""
+    logits, y = learn.get_logits(loader)
+    return F.cross_entropy(logits, y, reduction="none").numpy()
+
+
+def losses_at(make_learner, lr: float, epochs: int, seeds, loader) -> np.ndarray:
+    """Per-item losses on `loader` after training at `lr` once per seed: an array [seeds, items]."""
+    from .env import seed_everything
+    rows = []
+    for seed in seeds:
+        seed_everything(seed)
+        learn = make_learner(seed)
+        learn.fit(epochs, float(lr))
+        rows.append(item_losses(learn, loader))
+    return np.stack(rows)
+
+
+def verdict_min10_vs_steep(loss_min10: np.ndarray, loss_steep: np.ndarray):
+    """Claim 12: held-out loss at the steepest point minus at min/10 (per image, averaged over seeds)."""
+    from . import claims
+    effect, low, high = claims.paired_bootstrap(loss_steep.mean(0), loss_min10.mean(0))
+    return claims.judge(12, effect, (low, high), loss_min10.shape[1],
+                        f"held-out loss after training at the steep suggestion minus at min/10 "
+                        f"(mean of {loss_min10.shape[0]} seeds per image)", unit="nats", scale=1.0)
+
+
+def suggestion_shifts(learn, change, seeds, rule: str = "valley", **find_kwargs):
+    """The `rule` suggestion before and after a change (e.g. unfreezing), one pair of sweeps per seed.
+
+    `change(learn, on)` makes the change (`on=True`) or undoes it (`on=False`). Both sweeps of a pair
+    see the same batches (the seed is set before each). Returns one row per seed and the sweeps,
+    `{seed: {"before": LRFinderResult, "after": LRFinderResult}}`.
+    """
+    import pandas as pd
+    from .env import seed_everything
+    rows, sweeps = [], {}
+    for seed in seeds:
+        sweeps[seed] = {}
+        for when in ("before", "after"):
+            if when == "after":
+                change(learn, True)
+            seed_everything(seed)
+            sweeps[seed][when] = lr_find(learn, **find_kwargs)
+            if when == "after":
+                change(learn, False)
+        before, after = sweeps[seed]["before"].lr(rule), sweeps[seed]["after"].lr(rule)
+        shift = math.log10(after / before) if before and after else float("nan")
+        rows.append({"seed": seed, "lr_before": before, "lr_after": after, "decades": shift})
+    return pd.DataFrame(rows), sweeps
+
+
+def verdict_rerun_after_change(shifts):
+    """Claim 13: how far (in decades) the suggestion moved, with a t interval over the seeds' sweeps."""
+    from . import claims
+    decades = shifts["decades"].dropna().to_numpy()
+    if len(decades) < 2:
+        raise ValueError("need at least two seeds with a suggestion before and after")
+    mean, low, high = claims.mean_interval(decades)
+    sign = 1.0 if mean >= 0 else -1.0          # moved either way: the size of the move, interval mirrored
+    low, high = sorted((sign * low, sign * high))
+    return claims.judge(13, sign * mean, (low, high), len(decades),
+                        "how far the valley suggestion moved after unfreezing (either direction), "
+                        "over repeated sweeps", unit="decades", scale=1.0)

@@ -346,3 +346,54 @@ def plot_runs(histories: dict, schedules: dict | None = None, metrics=("train_lo
         ax.set(xlabel="epochs", title=metric)
     axes[0].legend(fontsize="small")
     return axes
+
+
+# ------------------------------------------------------------ verdicts on the notes' claims
+
+def torch_sgdr_lrs(schedule: SGDR, steps_per_epoch: int, base_lr: float = 1.0) -> np.ndarray:
+    """The LR torch's `CosineAnnealingWarmRestarts` sets before each step of `schedule`'s budget (the reference)."""
+    import torch
+    from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
+    if schedule.cycle_mult != int(schedule.cycle_mult):
+        raise ParameterError(f"cycle_mult={schedule.cycle_mult!r}: torch's scheduler takes integers, e.g. 2")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base_lr)
+    sched = CosineAnnealingWarmRestarts(opt, T_0=round(schedule.cycle_len * steps_per_epoch),
+                                        T_mult=int(schedule.cycle_mult), eta_min=schedule.min_frac * base_lr)
+    lrs = []
+    for _ in range(n_steps(schedule.total_epochs, steps_per_epoch)):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return np.asarray(lrs)
+
+
+def verdict_sgdr_beats_step(correct_sgdr, correct_step):
+    """Claim 14: SGDR minus step decay, validation accuracy per image averaged over seeds (paired bootstrap)."""
+    from . import claims
+    sgdr, step = np.mean(correct_sgdr, axis=0), np.mean(correct_step, axis=0)
+    effect, low, high = claims.paired_bootstrap(sgdr, step)
+    return claims.judge(14, effect, (low, high), len(sgdr),
+                        f"SGDR minus step decay, same budget and LR, validation accuracy "
+                        f"(mean of {len(correct_sgdr)} seeds per image)")
+
+
+def verdict_wider_valleys(sharp_single_cycle, sharp_restarts):
+    """Claim 15: how many times flatter (log10) the SGDR solution is than one cosine cycle, t interval over seeds."""
+    from . import claims
+    ratios = np.log10(np.asarray(sharp_single_cycle) / np.asarray(sharp_restarts))
+    return claims.compare_seeds(15, ratios, "log10 of the sharpness of one cosine cycle over that of SGDR with "
+                                            "restarts (same budget; positive: SGDR's valley is wider)",
+                                unit="decades", scale=1.0)
+
+
+def verdict_cycle_knobs(schedule: SGDR, steps_per_epoch: int, trained_epochs: int):
+    """Claim 16: the steps at which our SGDR sets the LR torch's scheduler sets, and the epochs actually trained."""
+    from . import claims
+    ours = lr_values(schedule, steps_per_epoch=steps_per_epoch)
+    ref = torch_sgdr_lrs(schedule, steps_per_epoch)
+    agree = int(np.sum(np.abs(ours - ref) < 1e-9)) if len(ours) == len(ref) else 0
+    agree *= int(trained_epochs == round(schedule.total_epochs))
+    return claims.share_above(16, agree, len(ours), 0.95,
+                              f"steps where SGDR(n_cycles={schedule.n_cycles}, cycle_len={schedule.cycle_len:g}, "
+                              f"cycle_mult={schedule.cycle_mult:g}) sets torch's LR, over {trained_epochs} epochs "
+                              f"trained = the formula's {schedule.total_epochs:g}")

@@ -100,3 +100,13 @@ def snapshot_table(probs: torch.Tensor, targets: torch.Tensor, epochs=None) -> p
     rows = [row(f"snapshot {i} (epoch {e:g})", p) for i, (e, p) in enumerate(zip(epochs, probs))]
     rows += [row(f"ensemble of last {k}", ensemble_probs(probs[-k:])) for k in range(2, len(probs) + 1)]
     return pd.DataFrame(rows)
+
+
+def verdict_reload(learn, path, loader=None):
+    """Claim 17: the predictions of weights saved to `path` and loaded back, against the learner's own."""
+    from . import claims
+    before = learn.get_preds(loader)[0].argmax(1)
+    reloaded = snapshot_predictions(learn, [path], loader)[0][0].argmax(1)
+    return claims.share_above(17, int((before == reloaded).sum()), len(before), 0.95,
+                              "validation images whose prediction from the saved-and-reloaded weights equals "
+                              "the prediction of the weights in memory")

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from . import data, features, models, schedules
+from . import claims, data, features, models, schedules
 from .train import Learner
 
 NAMES = {"frozen_head": "a: frozen head", "precomputed_head": "b: precomputed head",
@@ -43,10 +43,10 @@ def in_memory(images: data.ImageList, short_side: int) -> data.ImageList:
     arrays, source = [], images.with_transform(None, decode_size=short_side)
     for i in range(len(source)):
         img = source.image(i)
-        scale = short_side / min(img.size)
-        if scale < 1:
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                             Image.BILINEAR, reducing_gap=None)
+        if min(img.size) > short_side:   # the long side as torchvision's Resize computes it (truncated)
+            long_side = int(short_side * max(img.size) / min(img.size))
+            size = (short_side, long_side) if img.width <= img.height else (long_side, short_side)
+            img = img.resize(size, Image.BILINEAR, reducing_gap=None)
         arrays.append(np.asarray(img))
     return data.ImageList(arrays, images.targets, images.classes)
 
@@ -85,24 +85,32 @@ class Task:
     def val_images(self) -> data.ImageList:
         return self.val.with_transform(self.transform(False))
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch at every training fraction: what the whole training set takes."""
+        return max(1, len(self.train) // self.batch_size)
+
     def batch_for(self, fraction: float) -> int:
-        """The batch shrinks with the training fraction, so every run makes the same number of steps.
+        """The batch shrinks with the training fraction (never below 2 images: BatchNorm needs two)."""
+        return self.batch_size if fraction == 1 else max(2, round(self.batch_size * fraction))
+
+    def train_loader(self, images, fraction: float = 1.0) -> torch.utils.data.DataLoader:
+        """Seeded batches of `batch_for(fraction)`, exactly `steps_per_epoch` of them at every fraction.
 
         Why: with a fixed batch, 10 % of the data would also mean 10 % of the optimizer steps, and a
-        small training set would be confused with a short training run.
+        small training set would be confused with a short training run. A smaller batch keeps the cost
+        low; where rounding leaves too few images for the steps, the sampler starts a new shuffled pass.
         """
-        return self.batch_size if fraction == 1 else max(4, round(self.batch_size * fraction))
+        batch = self.batch_for(fraction)
+        generator = torch.Generator().manual_seed(self.seed)
+        sampler = torch.utils.data.RandomSampler(images, num_samples=self.steps_per_epoch * batch, generator=generator)
+        return data.make_loader(images, batch, shuffle=False, sampler=sampler, drop_last=True)
 
     def loaders(self, fraction: float = 1.0, augment: bool = False) -> features.FeatureLoaders:
-        """Image loaders; the training order is seeded, so two strategies see the same batches.
-
-        The last, incomplete training batch is dropped (as in (b)'s feature loaders): a batch of one
-        image cannot be normalised by a training-mode BatchNorm layer on a 1x1 feature map.
-        """
-        return features.FeatureLoaders(
-            data.make_loader(self.train_images(fraction, augment), self.batch_for(fraction), shuffle=True,
-                             seed=self.seed, drop_last=True),
-            data.make_loader(self.val_images(), self.batch_size, shuffle=False), self.classes)
+        """Image loaders; the training order is seeded, so two strategies see the same batches."""
+        return features.FeatureLoaders(self.train_loader(self.train_images(fraction, augment), fraction),
+                                       data.make_loader(self.val_images(), self.batch_size, shuffle=False),
+                                       self.classes)
 
     def net(self, pretrained: bool = True, hidden: int | None = None) -> models.Net:
         """A fresh network; seeding first gives every strategy the same new head."""
@@ -131,12 +139,17 @@ def make_task(dataset: str = "hymenoptera", image_size: int = 96, backbone: str 
 
 # ---------------------------------------------------------------- result rows
 
-def result_row(strategy: str, net: torch.nn.Module, hist: pd.DataFrame, seconds: float, train_images: int,
+def result_row(strategy: str, learn: Learner, hist: pd.DataFrame, seconds: float, train_images: int,
                **extra) -> dict:
-    """One line of the results table: final validation accuracy, trainable parameters, wall time."""
+    """One line of the results table: final validation accuracy, trainable parameters, wall time.
+
+    `correct` holds the final model's per-image correctness on the validation set: verdicts compare
+    two strategies image by image (a paired bootstrap).
+    """
     return {"strategy": NAMES.get(strategy, strategy), "acc": float(hist["val_acc"].iloc[-1]),
-            "best_acc": float(hist["val_acc"].max()), "trainable_params": models.count_params(net),
-            "seconds": seconds, "train_images": train_images, "epochs": len(hist), **extra}
+            "best_acc": float(hist["val_acc"].max()), "trainable_params": models.count_params(learn.net),
+            "seconds": seconds, "train_images": train_images, "epochs": len(hist),
+            "correct": learn.last_correct.numpy(), **extra}
 
 
 def _fit(learn: Learner, epochs: int, lr, one_cycle: bool = False) -> tuple[pd.DataFrame, float]:
@@ -152,16 +165,15 @@ def _train_images(fit_net: models.Net, task: Task, strategy: str, epochs: int, l
     dls = task.loaders(fraction, augment)
     learn = Learner(fit_net, dls, device=task.device, progress=progress, channels_last=task.channels_last)
     hist, seconds = _fit(learn, epochs, lr, one_cycle)
-    return result_row(strategy, fit_net, hist, seconds + extra_seconds, len(dls.train.dataset), fraction=fraction,
+    return result_row(strategy, learn, hist, seconds + extra_seconds, len(dls.train.dataset), fraction=fraction,
                       augment=augment, history=hist, **extra)
 
 
 def _head_learner(task: Task, net: models.Net, train_fs: features.FeatureSet, val_fs: features.FeatureSet,
                   fraction: float, progress: bool | None) -> Learner:
     """A Learner for `net.head` on features, batched exactly like `task.loaders` batches the images."""
-    dls = features.FeatureLoaders(
-        data.make_loader(train_fs, task.batch_for(fraction), shuffle=True, seed=task.seed, drop_last=True),
-        data.make_loader(val_fs, task.batch_size, shuffle=False), task.classes)
+    dls = features.FeatureLoaders(task.train_loader(train_fs, fraction),
+                                  data.make_loader(val_fs, task.batch_size, shuffle=False), task.classes)
     return Learner(net.head, dls, device=task.device, progress=progress)
 
 
@@ -194,8 +206,9 @@ def precomputed_head(task: Task, epochs: int = 5, lr: float = 3e-3, fraction: fl
     train_fs, val_fs = task.features(net, progress)
     if fraction != 1:
         train_fs = train_fs.subset(float(fraction), task.seed)
-    hist, seconds = _fit(_head_learner(task, net, train_fs, val_fs, fraction, progress), epochs, lr, one_cycle=False)
-    return result_row("precomputed_head", net, hist, seconds, len(train_fs), fraction=fraction, augment=False,
+    learn = _head_learner(task, net, train_fs, val_fs, fraction, progress)
+    hist, seconds = _fit(learn, epochs, lr, one_cycle=False)
+    return result_row("precomputed_head", learn, hist, seconds, len(train_fs), fraction=fraction, augment=False,
                       precompute_seconds=train_fs.compute_seconds + val_fs.compute_seconds,
                       from_cache=train_fs.from_cache and val_fs.from_cache, history=hist)
 
@@ -251,8 +264,8 @@ STRATEGIES: dict[str, Callable[..., dict]] = {
 # ---------------------------------------------------------------- tables
 
 def results_table(rows: Sequence[dict]) -> pd.DataFrame:
-    """Rows as a DataFrame without the per-epoch histories (those stay in the rows)."""
-    return pd.DataFrame([{k: v for k, v in r.items() if k != "history"} for r in rows])
+    """Rows as a DataFrame without the per-epoch histories and per-image results (those stay in the rows)."""
+    return pd.DataFrame([{k: v for k, v in r.items() if k not in ("history", "correct")} for r in rows])
 
 
 def fraction_sweep(task: Task, fractions: Sequence[float], runs: dict[str, Callable[[float], dict]],
@@ -269,7 +282,7 @@ def fraction_sweep(task: Task, fractions: Sequence[float], runs: dict[str, Calla
             label = NAMES.get(name, name)
             row = known.get((label, fraction)) or run(fraction)
             rows.append({"strategy": label, "fraction": fraction, "train_images": row["train_images"],
-                         "acc": row["acc"], "seconds": row["seconds"]})
+                         "acc": row["acc"], "seconds": row["seconds"], "correct": row.get("correct")})
     return pd.DataFrame(rows)
 
 
@@ -319,10 +332,94 @@ def view_spread(net: models.Net, images: data.ImageList, augment_tfm, eval_tfm, 
     with models.eval_mode(net.body):
         feats = net.body(views.flatten(0, 1).to(device)).view(len(idx), n_views, -1).cpu()
         fixed = net.body(clean.to(device)).cpu()
-    within = (feats - feats.mean(1, keepdim=True)).norm(dim=2).mean().item()
+    per_image = (feats - feats.mean(1, keepdim=True)).norm(dim=2).mean(1)
     between = torch.pdist(fixed).mean().item()
-    return {"within_image": within, "between_images": between, "ratio": within / between,
+    return {"within_image": per_image.mean().item(), "between_images": between,
+            "ratio": per_image.mean().item() / between, "within_per_image": per_image.tolist(),
             "views_per_image": n_views, "images": len(idx)}
+
+
+# ---------------------------------------------------------------- verdicts on the notes' claims
+
+ADVISED = {("similar", "little"): NAMES["precomputed_head"], ("similar", "lots"): NAMES["last_blocks"],
+           ("dissimilar", "little"): NAMES["last_blocks"], ("dissimilar", "lots"): NAMES["full_finetune"]}
+
+
+def _correct(row) -> np.ndarray:
+    return np.asarray(row["correct"], dtype=float)
+
+
+def verdict_head_vs_scratch(frozen: dict, scratch_row: dict) -> claims.Verdict:
+    """Claim 1: a new head on the frozen pretrained body against the same network from scratch, same epochs."""
+    return claims.compare_accuracy(1, _correct(frozen), _correct(scratch_row),
+                                   "frozen pretrained body + new head minus the same network trained from scratch, "
+                                   "validation accuracy")
+
+
+def verdict_precompute_speed(frozen: dict, precomputed: dict) -> claims.Verdict:
+    """Claim 2: epochs of (a) against epochs of (b), each (b) epoch charged its share of the one-off precompute."""
+    epochs = len(precomputed["history"])
+    share = precomputed["precompute_seconds"] / epochs
+    return claims.compare_speed(2, frozen["history"]["seconds"], precomputed["history"]["seconds"] + share,
+                                f"time of (a) over time of (b), {epochs} head epochs, precompute included")
+
+
+def _at(sweep: pd.DataFrame, strategy: str, fraction: float) -> np.ndarray:
+    return _correct(sweep[(sweep["strategy"] == strategy) & (sweep["fraction"] == fraction)].iloc[0])
+
+
+def verdict_more_data(sweep: pd.DataFrame, more=NAMES["last_blocks"], fewer=NAMES["precomputed_head"]) -> claims.Verdict:
+    """Claim 3: what training more layers gains over the head alone, at the most data minus at the least."""
+    little, lots = sweep["fraction"].min(), sweep["fraction"].max()
+    gain_lots = _at(sweep, more, lots) - _at(sweep, fewer, lots)
+    gain_little = _at(sweep, more, little) - _at(sweep, fewer, little)
+    effect, low, high = claims.paired_bootstrap(gain_lots, gain_little)
+    n_lots = int(sweep[sweep["fraction"] == lots]["train_images"].iloc[0])
+    n_little = int(sweep[sweep["fraction"] == little]["train_images"].iloc[0])
+    return claims.judge(3, effect, (low, high), len(gain_lots),
+                        f"the gain of {more[:1]} over {fewer[:1]} with {n_lots} training images minus its gain with "
+                        f"{n_little}, validation accuracy")
+
+
+def verdict_own_hidden(kept: dict, hidden: dict, margin: float = 0.05) -> claims.Verdict:
+    """Claim 4 (either way works): your own hidden layer loses less than `margin` against keeping the last layers."""
+    effect, low, high = claims.paired_bootstrap(_correct(hidden), _correct(kept))
+    return claims.judge(4, effect + margin, (low + margin, high + margin), len(_correct(kept)),
+                        f"(c') own hidden layer minus (c) kept last layers, plus a {margin * 100:.0f}-point margin "
+                        "(positive: replacing them costs less than the margin)")
+
+
+def verdict_train_all(full: dict, scratch_row: dict) -> claims.Verdict:
+    """Claim 5: every layer trained from the pretrained weights against the same training from random weights."""
+    return claims.compare_accuracy(5, _correct(full), _correct(scratch_row),
+                                   "(d) all layers from pretrained weights minus (e) the same from scratch, "
+                                   "validation accuracy on the whole training set")
+
+
+def verdict_table(similar: pd.DataFrame, dissimilar: pd.DataFrame) -> claims.Verdict:
+    """Claim 6: in each 2x2 cell, the advised strategy minus the mean of the other two, averaged over the cells."""
+    parts, n = [], 0
+    for domain, sweep in (("similar", similar), ("dissimilar", dissimilar)):
+        cells = []
+        for amount, fraction in (("little", sweep["fraction"].min()), ("lots", sweep["fraction"].max())):
+            advised = ADVISED[(domain, amount)]
+            others = [s for s in sweep["strategy"].unique() if s != advised]
+            cells.append(_at(sweep, advised, fraction) - np.mean([_at(sweep, s, fraction) for s in others], axis=0))
+        parts.append((0.5, np.mean(cells, axis=0)))     # both cells of a domain share its validation images
+        n += len(cells[0])
+    effect, low, high = claims.bootstrap_sum(parts)
+    return claims.judge(6, effect, (low, high), n, "the advised strategy minus the mean of the other two, "
+                                                   "averaged over the four cells, validation accuracy")
+
+
+def verdict_cache_freezes_views(spread: dict) -> claims.Verdict:
+    """Claim 11: how far live augmentation moves an image's features per view (a cache moves them not at all)."""
+    within = np.asarray(spread["within_per_image"])
+    effect, low, high = claims.bootstrap_sum([(1 / spread["between_images"], within)])
+    return claims.judge(11, effect, (low, high), len(within),
+                        "feature change between augmented views of one image, relative to the distance between "
+                        "images: what augmentation gives live and a cache cannot (it repeats one view)",
+                        unit="x the distance between images", scale=1.0)
 
 
 # ---------------------------------------------------------------- figures

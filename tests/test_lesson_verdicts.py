@@ -1,0 +1,107 @@
+"""Each lesson's verdict functions on synthetic measurements with a known answer."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tlkit import augment, lr_finder, schedules, snapshots, strategies as S
+from tlkit.claims import CONTRADICTED, NOT_SHOWN, SUPPORTED
+
+B, C, D = S.NAMES["precomputed_head"], S.NAMES["last_blocks"], S.NAMES["full_finetune"]
+
+
+def correct(rng, n, acc):
+    return (rng.random(n) < acc).astype(float)
+
+
+def sweep(rng, accs, n=400, images=(24, 244)):
+    """A sweep table: accs[fraction][strategy] -> accuracy; one row per (strategy, fraction) with `correct`."""
+    rows = []
+    for (fraction, by_strategy), count in zip(accs.items(), images):
+        for strategy, acc in by_strategy.items():
+            rows.append({"strategy": strategy, "fraction": fraction, "train_images": count, "acc": acc,
+                         "seconds": 1.0, "correct": correct(rng, n, acc)})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("lots_gain, verdict", [(0.25, SUPPORTED), (0.0, NOT_SHOWN), (-0.25, CONTRADICTED)])
+def test_more_data_is_the_gain_with_lots_minus_the_gain_with_little(lots_gain, verdict):
+    rng = np.random.default_rng(0)
+    table = sweep(rng, {0.1: {B: 0.7, C: 0.7}, 1.0: {B: 0.7, C: 0.7 + lots_gain}}, n=2000)
+    v = S.verdict_more_data(table)
+    assert v.verdict == verdict and v.effect == pytest.approx(lots_gain, abs=0.04)
+
+
+def test_the_table_verdict_weighs_the_advised_strategy_against_the_others():
+    rng = np.random.default_rng(1)
+    similar = sweep(rng, {0.1: {B: 0.9, C: 0.6, D: 0.6}, 1.0: {B: 0.6, C: 0.9, D: 0.6}}, n=1000)
+    dissimilar = sweep(rng, {0.1: {B: 0.6, C: 0.9, D: 0.6}, 0.5: {B: 0.6, C: 0.6, D: 0.9}}, n=1000)
+    assert S.verdict_table(similar, dissimilar).verdict == SUPPORTED   # the advice wins every cell
+    reversed_advice = sweep(rng, {0.1: {B: 0.6, C: 0.9, D: 0.9}, 1.0: {B: 0.9, C: 0.6, D: 0.9}}, n=1000)
+    assert S.verdict_table(reversed_advice, reversed_advice.assign(
+        fraction=reversed_advice["fraction"].replace(1.0, 0.5))).verdict == CONTRADICTED
+
+
+def test_own_hidden_layer_is_judged_against_a_margin():
+    rng = np.random.default_rng(2)
+    kept = {"correct": correct(rng, 3000, 0.9)}
+    assert S.verdict_own_hidden(kept, {"correct": correct(rng, 3000, 0.89)}).verdict == SUPPORTED
+    assert S.verdict_own_hidden(kept, {"correct": correct(rng, 3000, 0.7)}).verdict == CONTRADICTED
+
+
+def test_overfitting_verdict_is_the_drop_of_the_gap():
+    rng = np.random.default_rng(3)
+    plain = {"correct": {"train": correct(rng, 3000, 1.0), "val": correct(rng, 3000, 0.7)}}
+    augmented = {"correct": {"train": correct(rng, 3000, 0.85), "val": correct(rng, 3000, 0.75)}}
+    v = augment.verdict_fights_overfitting(plain, augmented)
+    assert v.verdict == SUPPORTED and v.effect == pytest.approx(0.3 - 0.1, abs=0.03)
+    assert augment.verdict_fights_overfitting(augmented, plain).verdict == CONTRADICTED
+
+
+def test_worker_verdict_reads_the_waiting_per_step_from_the_events():
+    steps = np.arange(20, dtype=float)
+    slow = {"events": np.stack([steps, steps + 0.010, steps + 0.5], 1).tolist()}    # 10 ms waiting per step
+    fast = {"events": np.stack([steps, steps + 0.001, steps + 0.5], 1).tolist()}
+    v = augment.verdict_workers({"0 workers": slow, "2 workers": fast})
+    assert v.verdict == SUPPORTED and v.effect == pytest.approx(0.009) and "+9.00 ms" in v.sentence()
+
+
+@pytest.mark.parametrize("decades, verdict", [([1.0, 1.2, 0.9], SUPPORTED), ([-1.0, -1.2, -0.9], SUPPORTED),
+                                              ([1.0, -1.0, 0.1], NOT_SHOWN)])
+def test_a_move_of_the_suggestion_counts_in_either_direction(decades, verdict):
+    v = lr_finder.verdict_rerun_after_change(pd.DataFrame({"decades": decades}))
+    assert v.verdict == verdict and v.effect >= 0
+
+
+def test_min10_vs_steep_compares_held_out_losses_per_image():
+    rng = np.random.default_rng(4)
+    base = rng.random((3, 500))
+    assert lr_finder.verdict_min10_vs_steep(base, base + 0.2).verdict == SUPPORTED
+    assert lr_finder.verdict_min10_vs_steep(base + 0.2, base).verdict == CONTRADICTED
+
+
+def test_sgdr_knobs_match_torch_and_a_wrong_epoch_count_fails():
+    sgdr = schedules.sgdr(4, 1, cycle_mult=2)
+    assert schedules.verdict_cycle_knobs(sgdr, 10, 15).verdict == SUPPORTED
+    assert schedules.verdict_cycle_knobs(sgdr, 10, 14).verdict == CONTRADICTED
+
+
+def test_wider_valleys_is_a_ratio_over_seeds():
+    assert schedules.verdict_wider_valleys([0.3, 0.25, 0.35], [0.1, 0.08, 0.11]).verdict == SUPPORTED
+    assert schedules.verdict_wider_valleys([0.1, 0.3, 0.1], [0.1, 0.1, 0.3]).verdict == NOT_SHOWN
+
+
+def test_reloaded_weights_predict_the_same(tmp_path):
+    from tlkit.data import DataLoaders, make_loader
+    from tlkit.train import Learner
+    torch.manual_seed(0)
+    x, y = torch.randn(200, 5), torch.randint(0, 3, (200,))   # 200 items: enough to clear a 95 % bar
+    ds = torch.utils.data.TensorDataset(x, y)
+    learn = Learner(torch.nn.Linear(5, 3), DataLoaders(make_loader(ds, 16, True), make_loader(ds, 200, False), list("abc"),
+                                                       None), progress=False)
+    learn.fit(1, 0.1)
+    path = snapshots.save_snapshot(learn.net, tmp_path / "w.pt")
+    assert snapshots.verdict_reload(learn, path).verdict == SUPPORTED
+    with torch.no_grad():
+        learn.net.weight.mul_(-1)                    # the weights in memory moved on: predictions differ
+    assert snapshots.verdict_reload(learn, path).verdict != SUPPORTED
