@@ -26,4 +26,4 @@ def test_claims_14_to_17_are_recorded_and_the_mechanics_hold(lesson_metrics):
     design settles them. Whether SGDR beats step decay, or ends flatter, is what 14 and 15 report."""
     verdicts = recorded_claims(lesson_metrics("04"), [14, 15, 16, 17])
     assert verdicts[16]["verdict"] == verdicts[17]["verdict"] == "supported"
-    assert verdicts[14]["n"] == 240 and verdicts[15]["n"] == 3
+    assert verdicts[14]["n"] == 240 and verdicts[15]["n"] == 5

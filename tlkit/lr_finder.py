@@ -578,25 +578,21 @@ def verdict_min10_vs_steep(loss_min10: np.ndarray, loss_steep: np.ndarray):
                         f"(mean of {loss_min10.shape[0]} seeds per image)", unit="nats", scale=1.0)
 
 
-def suggestion_shifts(learn, change, seeds, rule: str = "valley", **find_kwargs):
-    """The `rule` suggestion before and after a change (e.g. unfreezing), one pair of sweeps per seed.
+def suggestion_shifts(make_before, make_after, seeds, rule: str = "min10", **find_kwargs):
+    """The `rule` suggestion of a sweep before and after a change (e.g. unfreezing), one pair per seed.
 
-    `change(learn, on)` makes the change (`on=True`) or undoes it (`on=False`). Both sweeps of a pair
-    see the same batches (the seed is set before each). Returns one row per seed and the sweeps,
-    `{seed: {"before": LRFinderResult, "after": LRFinderResult}}`.
+    `make_before(seed)` and `make_after(seed)` return the learners to sweep (e.g. the head on cached
+    features of the frozen body, and the unfrozen network on images); the seed is set before each
+    sweep. Returns one row per seed and the sweeps, `{seed: {"before": result, "after": result}}`.
     """
     import pandas as pd
     from .env import seed_everything
     rows, sweeps = [], {}
     for seed in seeds:
         sweeps[seed] = {}
-        for when in ("before", "after"):
-            if when == "after":
-                change(learn, True)
+        for when, make in (("before", make_before), ("after", make_after)):
             seed_everything(seed)
-            sweeps[seed][when] = lr_find(learn, **find_kwargs)
-            if when == "after":
-                change(learn, False)
+            sweeps[seed][when] = lr_find(make(seed), **find_kwargs)
         before, after = sweeps[seed]["before"].lr(rule), sweeps[seed]["after"].lr(rule)
         shift = math.log10(after / before) if before and after else float("nan")
         rows.append({"seed": seed, "lr_before": before, "lr_after": after, "decades": shift})
@@ -613,5 +609,5 @@ def verdict_rerun_after_change(shifts):
     sign = 1.0 if mean >= 0 else -1.0          # moved either way: the size of the move, interval mirrored
     low, high = sorted((sign * low, sign * high))
     return claims.judge(13, sign * mean, (low, high), len(decades),
-                        "how far the valley suggestion moved after unfreezing (either direction), "
-                        "over repeated sweeps", unit="decades", scale=1.0)
+                        "how far the min/10 suggestion moved after unfreezing (either direction), "
+                        "over repeated pairs of sweeps", unit="decades", scale=1.0)
