@@ -116,3 +116,25 @@ def recorded_claims(metrics: dict, expected_ids) -> dict[int, dict]:
         assert e["verdict"] == verdict_of(low, high), e
         assert e["n"] >= 2 and e["what"], e
     return entries
+
+
+def write_notebook(path: Path, params: str, *cells: str) -> Path:
+    """A python3 notebook on disk: a `parameters`-tagged cell, then one code cell per string in `cells`."""
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    tagged = nbformat.v4.new_code_cell(params)
+    tagged.metadata["tags"] = ["parameters"]
+    nb.cells = [tagged] + [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: a second OpenMP thread only adds spin-waiting on a shared 2-core box (30x slower)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,20 +1,16 @@
 """The lesson runner: listing, parameter checks, failing notebooks, run folder."""
 import json
 
-import nbformat
 import pytest
 
 from tlkit import lessons
 from tlkit.config import ParameterError
 
+from conftest import write_notebook
+
 
 def write_nb(path, cells, params='preset = "auto"\nscale = 1'):
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    p = nbformat.v4.new_code_cell(params)
-    p.metadata["tags"] = ["parameters"]
-    nb.cells = [p] + [nbformat.v4.new_code_cell(c) for c in cells]
-    nbformat.write(nb, str(path))
+    return write_notebook(path, params, *cells)
 
 
 @pytest.fixture

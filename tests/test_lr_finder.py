@@ -14,15 +14,10 @@ from tlkit.lr_finder import (LRFinderResult, best_lr, lr_find, lr_grid, plot_lr_
                              smooth_losses, suggest, suggest_steep, suggest_valley)
 from tlkit.widgets import lr_finder_view as view
 
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny tensors: one thread is faster
+
 
 # ----------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds spin-waiting on a shared 2-core box (30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class NoisyQuadratic(nn.Module):

@@ -17,21 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import write_notebook
 from tlkit import lessons
 
 REPO = lessons.REPO
 ISSUE_PARAMS = {"04": ["n_cycles", "cycle_len"], "05": ["dissimilar_image_size"], "08": ["aug_cycles", "all_cycles"]}
-
-
-def write_nb(path: Path, params: str, *cells: str) -> Path:
-    """A python3 notebook: a `parameters`-tagged cell, then `cells`."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    tagged = nbformat.v4.new_code_cell(params)
-    tagged.metadata["tags"] = ["parameters"]
-    nb.cells = [tagged] + [nbformat.v4.new_code_cell(c) for c in cells]
-    nbformat.write(nb, str(path))
-    return path
 
 
 def outputs(nb_path: Path) -> str:
@@ -69,10 +59,10 @@ def sleepy(tmp_path):
     folder = tmp_path / "notebooks"
     folder.mkdir()
     marker, second = tmp_path / "kernel.pids", tmp_path / "second_lesson_ran"
-    write_nb(folder / "00_sleepy.ipynb", 'preset = "auto"',
+    write_notebook(folder / "00_sleepy.ipynb", 'preset = "auto"',
              f"import os, pathlib, time\npathlib.Path({str(marker)!r}).write_text(f'{{os.getpid()}} {{os.getppid()}}')",
              "time.sleep(120)")
-    write_nb(folder / "01_after.ipynb", 'preset = "auto"', f"open({str(second)!r}, 'w').close()")
+    write_notebook(folder / "01_after.ipynb", 'preset = "auto"', f"open({str(second)!r}, 'w').close()")
     return folder, marker, second
 
 
@@ -174,7 +164,7 @@ def test_any_literal_with_any_comment_parses_back(params):
 def test_a_value_reaches_the_executed_notebook_through_a_comment_with_parentheses(tmp_path, monkeypatch, capfd):
     folder = tmp_path / "notebooks"
     folder.mkdir()
-    write_nb(folder / "00_cycles.ipynb", 'preset = "auto"  # "quick" | "full" (one GPU)\n'
+    write_notebook(folder / "00_cycles.ipynb", 'preset = "auto"  # "quick" | "full" (one GPU)\n'
              "n_cycles = None  # SGDR cycles (budget = cycle_len * (2**n_cycles - 1))",
              "print(f'n_cycles={n_cycles!r} preset={preset!r}')")
     monkeypatch.setenv("TLKIT_NOTEBOOKS", str(folder))
@@ -193,7 +183,7 @@ def marking_lesson(tmp_path, monkeypatch):
     folder = tmp_path / "notebooks"
     folder.mkdir()
     marker = tmp_path / "lesson_ran"
-    write_nb(folder / "00_value.ipynb", "value = 1  # printed (and marked)",
+    write_notebook(folder / "00_value.ipynb", "value = 1  # printed (and marked)",
              f"open({str(marker)!r}, 'w').close()\nprint(f'value={{value}}')")
     monkeypatch.setenv("TLKIT_NOTEBOOKS", str(folder))
     return marker

@@ -16,14 +16,9 @@ from tlkit.errors import CheckpointError, ParameterError
 from tlkit.lr_finder import lr_find, lr_grid
 from tlkit.train import Learner
 
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny tensors: one thread is faster
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds spin-waiting on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 def tiny_learner(seed=0):
