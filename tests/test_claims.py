@@ -128,3 +128,11 @@ def test_summary_table_lists_each_recorded_verdict():
     table = claims.summary_table(entries).splitlines()
     assert len(table) == 4 and "| 1 |" in table[2] and "**supported**" in table[2]
     assert "+30.0 (+20.0 to +40.0) points" in table[2] and "**not shown at this size**" in table[3]
+
+
+def test_a_verdict_at_the_edge_of_its_interval_says_it_is_fragile():
+    edge = claims.judge(14, 0.026, (0.003, 0.05), 240, "SGDR minus step")
+    assert edge.verdict == SUPPORTED and "clears zero by only 0.3 points" in edge.sentence()
+    assert "would settle it with room to spare" in edge.sentence()
+    firm = claims.judge(1, 0.45, (0.36, 0.54), 153, "head minus scratch")
+    assert firm.fragile() == "" and "another seed" not in firm.sentence()

@@ -111,6 +111,19 @@ class Verdict:
         needed = math.ceil(self.n * (half / abs(self.effect)) ** 2 * 1.5)   # 1.5: the interval must clear zero
         return f"An effect of this size would need about n = {needed:,} (this run: {self.n:,}) to be settled."
 
+    def fragile(self) -> str:
+        """For a settled verdict whose interval only just clears zero: say so, and what size would settle it firmly.
+
+        Why: such a verdict can read `not shown at this size` with another seed; the learner should know.
+        """
+        low, high = self.ci
+        margin, width = min(abs(low), abs(high)), high - low
+        if self.verdict == NOT_SHOWN or width <= 0 or margin >= 0.15 * width:
+            return ""
+        needed = math.ceil(4 * self.n * (width / 2 / abs(self.effect)) ** 2)   # interval edge at half the effect
+        return (f"The interval clears zero by only {self.shown(margin).lstrip('+')} {self.unit}: another seed may "
+                f"well read *{NOT_SHOWN}*; about n = {needed:,} would settle it with room to spare.")
+
     def sentence(self, notes_say: str = "") -> str:
         """Markdown the learner reads: the measured effect, its interval and the verdict, then the notes' view."""
         claim = CLAIMS[self.id]
@@ -120,6 +133,8 @@ class Verdict:
                 f"n = {self.n:,}) → **{self.verdict}**.")
         if self.verdict == NOT_SHOWN:
             text += " " + self.settle_size()
+        elif self.fragile():
+            text += " " + self.fragile()
         if notes_say:
             text += f" The notes say: {notes_say}"
         return text
