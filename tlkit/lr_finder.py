@@ -578,7 +578,7 @@ def verdict_min10_vs_steep(loss_min10: np.ndarray, loss_steep: np.ndarray):
                         f"(mean of {loss_min10.shape[0]} seeds per image)", unit="nats", scale=1.0)
 
 
-def suggestion_shifts(make_before, make_after, seeds, rule: str = "min10", **find_kwargs):
+def suggestion_shifts(make_before, make_after, seeds, rule: str = "valley", **find_kwargs):
     """The `rule` suggestion of a sweep before and after a change (e.g. unfreezing), one pair per seed.
 
     `make_before(seed)` and `make_after(seed)` return the learners to sweep (e.g. the head on cached
@@ -609,5 +609,5 @@ def verdict_rerun_after_change(shifts):
     sign = 1.0 if mean >= 0 else -1.0          # moved either way: the size of the move, interval mirrored
     low, high = sorted((sign * low, sign * high))
     return claims.judge(13, sign * mean, (low, high), len(decades),
-                        "how far the min/10 suggestion moved after unfreezing (either direction), "
+                        "how far the valley suggestion moved after unfreezing (either direction), "
                         "over repeated pairs of sweeps", unit="decades", scale=1.0)
