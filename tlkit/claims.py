@@ -18,7 +18,7 @@ from .record import RECORDED, record
 __all__ = ["CLAIMS", "CONTRADICTED", "Claim", "NOT_SHOWN", "SUPPORTED", "VERDICTS", "Verdict", "bootstrap_sum",
            "compare_accuracy", "compare_seeds", "compare_speed", "judge", "mean_interval", "paired_bootstrap",
            "ledger", "proportion_interval", "ratio_interval", "report", "share_above", "show_summary",
-           "summary_table", "verdict_cells", "verdict_of"]
+           "summary_table", "verdict_cells", "verdict_of", "weakest_part"]
 
 SUPPORTED, NOT_SHOWN, CONTRADICTED = "supported", "not shown at this size", "contradicted"
 VERDICTS = (SUPPORTED, NOT_SHOWN, CONTRADICTED)
@@ -242,11 +242,29 @@ def compare_seeds(claim_id: int, differences: Sequence[float], what: str, unit: 
     return judge(claim_id, effect, (low, high), len(differences), what, unit, scale)
 
 
-def compare_speed(claim_id: int, slow_seconds: Sequence[float], fast_seconds: Sequence[float], what: str) -> Verdict:
-    """Verdict on 'the fast way is faster': the speed-up minus 1, from repeated timings of both."""
+def compare_speed(claim_id: int, slow_seconds: Sequence[float], fast_seconds: Sequence[float], what: str,
+                  unit: str = "x speed-up") -> Verdict:
+    """Verdict on 'the fast way is faster' (or any 'ratio > 1'): the ratio minus 1, from repeated measurements."""
     ratio, low, high = ratio_interval(slow_seconds, fast_seconds)
     return judge(claim_id, ratio - 1, (low - 1, high - 1), min(len(slow_seconds), len(fast_seconds)), what,
-                 unit="x speed-up", scale=1.0, offset=1.0)
+                 unit=unit, scale=1.0, offset=1.0)
+
+
+def weakest_part(claim_id: int, parts: dict, claim_word: str = "parts") -> Verdict:
+    """One verdict for a claim made of several parts (all must hold): the weakest part decides.
+
+    Order: any contradicted part (the one whose interval lies furthest below zero), else any part not
+    shown (lowest lower bound), else the supported part with the lowest lower bound. Its `what` names
+    the deciding part and lists the others with their own intervals. All parts must share units.
+    """
+    order = {CONTRADICTED: 0, NOT_SHOWN: 1, SUPPORTED: 2}
+    name, v = min(parts.items(), key=lambda kv: (order[kv[1].verdict],
+                                                 kv[1].ci[1] if kv[1].verdict == CONTRADICTED else kv[1].ci[0]))
+    others = "; ".join(f"{n}: {o.shown(o.effect)} ({o.shown(o.ci[0])} to {o.shown(o.ci[1])}) → {o.verdict}"
+                       for n, o in parts.items() if n != name)
+    what = f"{v.what} (the weakest of the claim's {len(parts)} {claim_word} decides; the other: {others})"
+    return judge(claim_id, v.effect, v.ci, v.n, what, v.unit, v.scale, v.offset)
+
 
 
 def _show(markdown: str) -> None:

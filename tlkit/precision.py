@@ -212,10 +212,10 @@ def amp_benchmark(make_learner, configs: dict[str, dict], epochs: int = 1, lr=1e
 
     Columns: median seconds per training step (data wait excluded), saved-activation MB for one
     batch when every layer trains (even if the learner trains fewer), peak CUDA memory MB (on a GPU),
-    final validation accuracy.
+    final validation accuracy. `table.attrs["step_s"]` keeps each config's step times.
     """
     from .pipeline import bottleneck_report
-    rows = []
+    rows, step_lists = [], {}
     for name, kwargs in configs.items():
         learn = make_learner(**kwargs)
         x, _ = next(iter(learn.dls.train))
@@ -225,6 +225,7 @@ def amp_benchmark(make_learner, configs: dict[str, dict], epochs: int = 1, lr=1e
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         steps = bottleneck_report(learn, epochs=epochs, lr=lr)
+        step_lists[name] = steps.compute_s.iloc[1:].tolist() if len(steps) > 2 else steps.compute_s.tolist()
         rows.append({"config": name, "step_s": float(steps.compute_s.iloc[1:].median()
                                                      if len(steps) > 1 else steps.compute_s.median()),
                      "activation_mb": act / 2**20,
@@ -234,4 +235,151 @@ def amp_benchmark(make_learner, configs: dict[str, dict], epochs: int = 1, lr=1e
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-    return pd.DataFrame(rows).set_index("config")
+    table = pd.DataFrame(rows).set_index("config")
+    table.attrs["step_s"] = step_lists  # every step's seconds (first excluded), for intervals
+    return table
+
+
+# ---------------------------------------------------------------- training with 16-bit weights, emulated
+
+FP16_VARIANTS = ("fp32", "fp16 weights, nearest (no care)", "fp32 master weights (cast up)",
+                 "fp32 master + loss scaling", "fp16 weights, stochastic rounding")
+
+
+def fp16_store(x: torch.Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> torch.Tensor:
+    """Emulated fp16 storage of an fp32 tensor: the nearest (or a stochastically rounded) fp16 value, as fp32.
+
+    Why emulate: on a CPU, fp16 arithmetic is slow or missing, but what goes wrong in fp16 training is
+    the *storage*: rounding the weights (and gradients) to 11 significant bits after every step. An
+    fp32 tensor holding exactly the fp16 values reproduces that, bit for bit, at fp32 speed.
+    """
+    if rounding == "nearest":
+        return x.to(torch.float16).to(x.dtype)
+    if rounding == "stochastic":
+        return stochastic_round(x, torch.float16, generator).to(x.dtype)
+    raise ValueError(f"rounding={rounding!r}: choose 'nearest' or 'stochastic'")
+
+
+def toy_problem(n_train: int = 2048, n_val: int = 1024, dim: int = 16, classes: int = 4, seed: int = 1234):
+    """A fixed classification problem: labels from a random 2-layer teacher network on Gaussian inputs."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_train + n_val, dim, generator=g)
+    w1, w2 = torch.randn(dim, 32, generator=g), torch.randn(32, classes, generator=g)
+    y = (torch.tanh(x @ w1) @ w2).argmax(1)
+    return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
+
+
+def train_fp16_variant(variant: str, problem, steps: int = 300, lr: float = 0.003, batch_size: int = 64,
+                       hidden: int = 64, loss_scale: float = 2.0**10, seed: int = 0) -> dict:
+    """Train a small MLP with plain SGD, storing weights and gradients as `variant` says.
+
+    - fp32: everything in fp32 (the reference);
+    - fp16 weights, nearest: weights and gradients rounded to fp16 after every step (no care);
+    - fp32 master weights: the forward/backward sees fp16 weights and gives fp16 gradients, but the
+      update is added to an fp32 copy ("cast up to accumulate");
+    - fp32 master + loss scaling: the same, with the loss multiplied by `loss_scale` before the
+      backward pass and the fp16 gradients divided by it in fp32 (a step is skipped on inf);
+    - fp16 weights, stochastic rounding: weights stored in fp16, rounded stochastically after each step.
+    Activations stay fp32: only what the notes blame, the 16-bit storage, is emulated.
+    Returns the training loss per step and the final per-item validation loss and correctness.
+    """
+    if variant not in FP16_VARIANTS:
+        raise ValueError(f"variant={variant!r}: choose one of {FP16_VARIANTS}")
+    (xt, yt), (xv, yv) = problem
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(xt.shape[1], hidden), torch.nn.ReLU(),
+                              torch.nn.Linear(hidden, int(yt.max()) + 1))
+    params = list(net.parameters())
+    gen = torch.Generator().manual_seed(seed)
+    half = variant != "fp32"
+    master = "master" in variant
+    weights_sr = "stochastic" in variant
+    scale = loss_scale if "loss scaling" in variant else 1.0
+    fp32_copy = [p.detach().clone() for p in params]   # the stored weights (exact fp16 values unless master)
+    if half and not master:
+        fp32_copy = [fp16_store(w) for w in fp32_copy]
+    order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))
+    losses = []
+    for step in range(steps):
+        start = (step * batch_size) % len(xt)
+        idx = order[start: start + batch_size]
+        with torch.no_grad():
+            for p, w in zip(params, fp32_copy):
+                p.copy_(fp16_store(w) if half else w)       # what the forward pass sees
+        loss = torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx])
+        net.zero_grad(set_to_none=True)
+        (loss * scale).backward()
+        losses.append(loss.item())
+        with torch.no_grad():
+            grads = [fp16_store(p.grad) if half else p.grad for p in params]
+            if not all(torch.isfinite(g).all() for g in grads):
+                continue                                    # loss scaling: skip a step that overflowed
+            for i, (w, g) in enumerate(zip(fp32_copy, grads)):
+                new = w - lr * (g / scale)
+                if half and not master:
+                    new = fp16_store(new, "stochastic" if weights_sr else "nearest", gen)
+                fp32_copy[i] = new
+    with torch.no_grad():
+        for p, w in zip(params, fp32_copy):
+            p.copy_(fp16_store(w) if half else w)
+        logits = net(xv)
+        item_loss = torch.nn.functional.cross_entropy(logits, yv, reduction="none")
+    return {"variant": variant, "seed": seed, "train_loss": losses, "val_item_loss": item_loss.numpy(),
+            "val_correct": (logits.argmax(1) == yv).numpy()}
+
+
+def fp16_training_runs(seeds=(0, 1, 2), variants=FP16_VARIANTS, **kwargs) -> list[dict]:
+    """`train_fp16_variant` for every variant and seed on the same toy problem."""
+    problem = toy_problem()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny MLP: one thread is faster than two contending ones
+    try:
+        return [train_fp16_variant(v, problem, seed=s, **kwargs) for s in seeds for v in variants]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def fp16_table(runs: list[dict], reference: str = "fp32") -> pd.DataFrame:
+    """Per variant: final validation loss and accuracy (mean over seeds), and the loss gap to `reference`
+    with a paired bootstrap interval over validation items (each item's loss averaged over the seeds)."""
+    from .claims import paired_bootstrap
+    by = {v: np.mean([r["val_item_loss"] for r in runs if r["variant"] == v], axis=0)
+          for v in dict.fromkeys(r["variant"] for r in runs)}
+    acc = {v: np.mean([r["val_correct"].mean() for r in runs if r["variant"] == v]) for v in by}
+    rows = []
+    for v, loss in by.items():
+        gap, low, high = paired_bootstrap(loss, by[reference])
+        rows.append({"variant": v, "val_loss": loss.mean(), "val_acc": acc[v], "loss - fp32": gap,
+                     "low": low, "high": high})
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def loss_curves(runs: list[dict], smooth: int = 20) -> pd.DataFrame:
+    """Training loss per step, averaged over seeds and smoothed over `smooth` steps, one column per variant."""
+    curves = {}
+    for v in dict.fromkeys(r["variant"] for r in runs):
+        mean = np.mean([r["train_loss"] for r in runs if r["variant"] == v], axis=0)
+        curves[v] = pd.Series(mean).rolling(smooth, min_periods=1).mean().to_numpy()
+    df = pd.DataFrame(curves)
+    df.index = pd.RangeIndex(1, len(df) + 1, name="step")
+    return df
+
+
+def verdict_fp16_convergence(runs: list[dict], naive: str = FP16_VARIANTS[1], careful: str = FP16_VARIANTS[2]):
+    """Claim 28, 'trouble converging without care': validation loss of naive fp16 storage minus that of fp32
+    master weights, per validation item (averaged over seeds), paired bootstrap over items."""
+    from . import claims
+    a = np.mean([r["val_item_loss"] for r in runs if r["variant"] == naive], axis=0)
+    b = np.mean([r["val_item_loss"] for r in runs if r["variant"] == careful], axis=0)
+    effect, low, high = claims.paired_bootstrap(a, b)
+    seeds = len({r["seed"] for r in runs})
+    return claims.judge(28, effect, (low, high), len(a),
+                        f"validation loss after {len(runs[0]['train_loss'])} SGD steps with fp16-stored weights "
+                        f"(round to nearest, no care) minus with fp32 master weights, mean of {seeds} seeds per item",
+                        unit="millinats", scale=1000.0)
+
+
+def verdict_amp_speed(fp32_steps, fp16_steps, what: str):
+    """The 'fp16 is faster' part of claim 28: fp32 step time over 16-bit step time, repeated steps."""
+    from . import claims
+    return claims.compare_speed(28, fp32_steps, fp16_steps, what)
