@@ -11,9 +11,10 @@ OUT ?=
 
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup lab lessons test test-fast nbval test-gpu strip clean
+.PHONY: setup browser-setup lab lessons test test-fast nbval test-gpu strip clean
 
 setup: $(STAMP)
+	@$(VENV_PY) binder/install_overrides.py
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV_PY) || $(PYTHON) -m venv $(TLKIT_VENV)
@@ -23,13 +24,25 @@ $(STAMP): pyproject.toml
 	@rm -f $(TLKIT_VENV)/.tlkit-env-*
 	@touch $@
 
+# Browser tests (tests/browser): Debian's chromium (apt, only when missing; never fails the build) and
+# (setup) JupyterLab's widget saveState setting (binder/overrides.json) in the venv. Playwright comes from the
+# test extras; without chromium or playwright the browser tests skip with one line saying so.
+browser-setup: setup
+	@if [ -n "$$TLKIT_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "Installing chromium for the browser tests (apt-get, log in $(TLKIT_VENV)/apt-chromium.log) ..."; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	    >$(TLKIT_VENV)/apt-chromium.log 2>&1 \
+	    || echo "chromium could not be installed with apt-get: the browser tests will be skipped"; \
+	else echo "no chromium (and no apt-get as root): the browser tests will be skipped; apt-get install -y chromium"; fi
+
 lab: setup
 	$(VENV_PY) -m jupyter lab notebooks/
 
 lessons: setup
 	$(VENV_PY) -m tlkit lessons run --preset $(PRESET) $(if $(OUT),--out $(OUT))
 
-test: setup
+test: setup browser-setup
 	$(VENV_PY) -m pytest
 
 test-fast: setup

@@ -152,6 +152,7 @@ def test_a_damaged_cache_entry_is_not_served(online_cache, dtd_archive, monkeypa
 
 
 def test_resolution_order_env_then_cache_then_pack(online_cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "_ANNOUNCED", set())       # each copy is announced once per process
     assert data.locate("hymenoptera", image_size=96).where == "the embedded quick pack"
     cached = online_cache / "hymenoptera_data"
     (cached / "train" / "ants").mkdir(parents=True)

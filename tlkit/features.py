@@ -20,9 +20,9 @@ from typing import Sequence
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
 from . import data, models
+from .progress import progress as progress_bar
 from .storage import atomic_save
 
 FORMAT_VERSION = 1
@@ -139,7 +139,7 @@ def compute_features(net: nn.Module, images: data.ImageList, batch_size: int = 6
         try:
             body.to(device)
             chunks = [body(x.to(device, memory_format=layout)).float().cpu()
-                      for x, _ in tqdm(loader, desc="precompute", disable=not show, leave=False)]
+                      for x, _ in progress_bar(loader, desc="precompute", disable=not show, leave=False)]
         finally:
             body.to(home)
     return torch.cat(chunks), torch.tensor(images.targets, dtype=torch.long)

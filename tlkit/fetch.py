@@ -124,14 +124,14 @@ def install_atomically(final: Path, build: Callable[[Path], None]) -> Path:
 
 def fetch_archive(url: str, folder: str, content_sha256: str | None, dest: Path, timeout: float = 30) -> Path:
     """Download a zip that unpacks to `folder/`, check its files' digest, install it into `dest/folder`."""
-    from tqdm.auto import tqdm
+    from .progress import progress
 
     def build(tmp: Path) -> None:
         archive = tmp.parent / f"{tmp.name}.zip"
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp, open(archive, "wb") as out:
                 total = int(resp.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {folder}") as bar:
+                with progress(total=total, unit="B", unit_scale=True, desc=f"download {folder}") as bar:
                     for chunk in iter(lambda: resp.read(1 << 20), b""):
                         out.write(chunk)
                         bar.update(len(chunk))

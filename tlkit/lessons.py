@@ -29,6 +29,7 @@ from typing import Any, Iterator, Sequence
 
 from .config import PRESETS
 from .errors import ParameterError
+from .html_export import export_html
 from .record import read_notebook_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -262,7 +263,9 @@ def execute_in_subprocess(lesson: Lesson, out: Path, params: dict, timeout: floa
     group is stopped before the exception propagates, so no lesson keeps running in the background.
     """
     report = out / f".{lesson.stem}.result.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    # TLKIT_HEADLESS: progress bars print one final line and widgets leave a picture (see tlkit.progress)
+    env = dict(os.environ, TLKIT_HEADLESS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, "-m", "tlkit.lessons", "_execute", str(lesson.path), str(out), json.dumps(params),
            str(timeout or 0), "1" if html_export else "0", str(report)]
     t0 = time.perf_counter()
@@ -369,20 +372,6 @@ def _first_line(nb_path: Path, exec_count: int) -> str:
         return source.strip().splitlines()[0][:80]
     except Exception:  # the pointer is a courtesy; never fail the report over it
         return "?"
-
-
-def export_html(nb_path: Path) -> str | None:
-    """Write an HTML copy of an executed notebook next to it; returns its file name."""
-    try:
-        import nbformat
-        from nbconvert import HTMLExporter
-        body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(nb_path), as_version=4))
-    except Exception as exc:  # an export problem must not fail the lesson
-        print(f"HTML export of {nb_path.name} failed: {exc}", file=sys.stderr)
-        return None
-    target = nb_path.with_suffix(".html")
-    target.write_text(body, encoding="utf-8")
-    return target.name
 
 
 def claims_ledger(out: Path, results: list[LessonResult]) -> list[dict]:

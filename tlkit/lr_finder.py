@@ -454,8 +454,8 @@ def _sweep(model, loader, loss_fn, optimizer, schedule, beta, diverge, device, p
     avg, best = 0.0, math.inf
     steps = zip(schedule, _batches(loader))
     if progress:
-        from tqdm.auto import tqdm
-        steps = tqdm(steps, total=len(schedule), desc="lr_find", leave=False)
+        from .progress import progress as progress_bar
+        steps = progress_bar(steps, total=len(schedule), desc="lr_find", leave=False)
     model.train()
     for t, (lr, batch) in enumerate(steps):
         for group, ratio in zip(optimizer.param_groups, ratios):

@@ -16,10 +16,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .errors import CheckpointError, ParameterError
 from .optim import param_groups
+from .progress import progress as progress_bar
 from .storage import atomic_save
 from .validate import check_positive, check_positive_int
 
@@ -116,7 +116,7 @@ class Learner:
         if steps_per_epoch == 0:
             raise ValueError("the training loader is empty: check the dataset and batch size")
         self._emit("before_fit", callbacks)
-        epoch_bar = tqdm(range(start, epochs), desc="epochs", disable=not self.progress, leave=False)
+        epoch_bar = progress_bar(range(start, epochs), desc="epochs", disable=not self.progress, leave=False)
         try:
             for epoch in epoch_bar:
                 self.epoch = epoch
@@ -151,7 +151,7 @@ class Learner:
     def _train_epoch(self, model, loader, epoch, steps_per_epoch, schedule, callbacks):
         model.train()
         total, correct, loss_sum = 0, 0, 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not self.progress, leave=False)
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}", disable=not self.progress, leave=False)
         for i, (x, y) in enumerate(bar):
             self.step = epoch * steps_per_epoch + i
             if schedule is not None:

@@ -6,6 +6,7 @@ a notebook run without a widget front-end can draw the same pictures as static g
 """
 from __future__ import annotations
 
+import html
 from typing import Any, Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -15,9 +16,10 @@ import torch
 
 from ..augment import AUGMENTATIONS, ColorPCA, make_pipeline, make_transform, pca_color
 from ..augment_plots import plot_image_grid
+from ._static import figure_png, show_error, show_static_in_headless, stack_pngs
 
 __all__ = ["PHOTOS", "square_thumbnail", "skimage_photos", "dataset_samples", "demo_images",
-           "gallery_images", "pipeline_images", "gallery_rows", "pca_alpha_rows", "show_gallery"]
+           "gallery_images", "pipeline_images", "pipeline_view", "gallery_rows", "pca_alpha_rows", "show_gallery"]
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")  # shipped inside scikit-image: no download
 
@@ -64,8 +66,24 @@ def gallery_images(image: PIL.Image.Image, transform_name: str, magnitude: float
 
 def pipeline_images(image: PIL.Image.Image, transform_names: Sequence[str], magnitude: float | Mapping = 0.5,
                     n: int = 8, seed: int = 0, pca: ColorPCA | None = None) -> list[PIL.Image.Image]:
-    """`n` random draws of several augmentations composed in the given order (the pipeline view)."""
+    """`n` random draws of several augmentations composed in the given order (the pipeline view).
+
+    An empty selection composes nothing: the identity, so `n` copies of the original.
+    """
+    if not transform_names:
+        return [image.copy() for _ in range(n)]
     return _draws(make_pipeline(transform_names, magnitude, image=image, pca=pca), image, n, seed)
+
+
+NOTHING_SELECTED = "(nothing selected)"
+
+
+def pipeline_view(image: PIL.Image.Image, transform_names: Sequence[str], magnitude: float | Mapping = 0.5,
+                  n: int = 8, seed: int = 0, pca: ColorPCA | None = None) -> tuple[list[PIL.Image.Image], str]:
+    """(images, title) of the pipeline tab: the draws and `a -> b -> c`, or the original and '(nothing selected)'."""
+    if not transform_names:
+        return [image], f"original {NOTHING_SELECTED}"
+    return pipeline_images(image, transform_names, magnitude, n, seed, pca), " -> ".join(transform_names)
 
 
 def gallery_rows(image: PIL.Image.Image, names: Sequence[str] | None = None, magnitude: float = 0.6, n: int = 6,
@@ -88,21 +106,27 @@ def pca_alpha_rows(image: PIL.Image.Image, pca: ColorPCA,
     return rows
 
 
-def _render(out, images: list, title: str, ncols: int = 8) -> None:
-    """Replace what `out` (an ipywidgets Output) shows with a grid of `images`."""
-    from IPython.display import display
+def _render(out, images: list, title: str, ncols: int = 8) -> bytes:
+    """Replace what `out` (an ipywidgets Output) shows with a grid of `images`; returns the grid as PNG."""
+    from IPython.display import Image, display
     fig = plot_image_grid(images, ncols=ncols, title=title)
+    try:
+        png = figure_png(fig)
+    finally:
+        plt.close(fig)
     with out:
         out.clear_output(wait=True)
-        display(fig)
-    plt.close(fig)
+        display(Image(png))
+    return png
 
 
 def show_gallery(images: Mapping[str, PIL.Image.Image], pca: ColorPCA | None = None, n: int = 8,
                  magnitude: float = 0.5, seed: int = 0):
     """The interactive gallery: a *single transform* tab and a *pipeline* tab; returns the widget.
 
-    ``widget.gallery_state`` holds the last images drawn (handy in tests and for a closer look).
+    ``widget.gallery_state`` holds the last images drawn and their titles (handy in tests and for a
+    closer look). An error in a callback is shown in the tab's output, never only in the Log Console.
+    In a headless run the widget displays as a picture of its initial state (see ``_static``).
     """
     import ipywidgets as W
 
@@ -115,16 +139,32 @@ def show_gallery(images: Mapping[str, PIL.Image.Image], pca: ColorPCA | None = N
     resample = W.Button(description="resample", icon="refresh")
     meaning = W.HTML()
     single_out, chain_out = W.Output(), W.Output()
-    state = {"seed": seed, "single": [], "pipeline": []}
+    captions = {"single": W.HTML(), "pipeline": W.HTML()}  # the title as text too: readable, testable
+    for widget, cls in ((single_out, "tlkit-gallery-single"), (chain_out, "tlkit-gallery-pipeline"),
+                        (captions["single"], "tlkit-gallery-single-title"),
+                        (captions["pipeline"], "tlkit-gallery-pipeline-title")):
+        widget.add_class(cls)
+    state = {"seed": seed, "single": [], "pipeline": [], "titles": {}, "png": {}, "errors": []}
+
+    def draw_tab(tab: str, out, draw) -> None:
+        try:
+            state[tab], state["titles"][tab] = draw()
+            state["png"][tab] = _render(out, state[tab], state["titles"][tab])
+            captions[tab].value = f"<b>{html.escape(state['titles'][tab])}</b>"
+        except Exception as exc:  # shown in the tab (stale pictures cleared), not only in the Log Console
+            state["errors"].append(f"{tab}: {exc!r}")
+            captions[tab].value = "<b>(error: see below)</b>"
+            show_error(out, exc, f"the {tab} tab")
 
     def redraw(*_: Any) -> None:
         image = images[pick.value]
         meaning.value = f"<i>{which.value}: {AUGMENTATIONS[which.value][1]}</i>"
-        state["single"] = gallery_images(image, which.value, mag.value, count.value, state["seed"], pca)
-        _render(single_out, state["single"], f"{which.value} @ magnitude {mag.value:.2f}")
+        draw_tab("single", single_out, lambda: (
+            gallery_images(image, which.value, mag.value, count.value, state["seed"], pca),
+            f"{which.value} @ magnitude {mag.value:.2f}"))
         order = [k for k in names if k in chain.value]  # catalogue order: geometry first, then colour
-        state["pipeline"] = pipeline_images(image, order, mag.value, count.value, state["seed"], pca)
-        _render(chain_out, state["pipeline"], " -> ".join(order) or "(nothing selected)")
+        draw_tab("pipeline", chain_out, lambda: pipeline_view(image, order, mag.value, count.value,
+                                                              state["seed"], pca))
 
     def on_resample(_: Any) -> None:
         state["seed"] += 1
@@ -133,10 +173,14 @@ def show_gallery(images: Mapping[str, PIL.Image.Image], pca: ColorPCA | None = N
     for control in (pick, which, chain, mag, count):
         control.observe(redraw, names="value")
     resample.on_click(on_resample)
-    tabs = W.Tab(children=[W.VBox([which, meaning, single_out]), W.VBox([chain, chain_out])])
+    tabs = W.Tab(children=[W.VBox([which, meaning, captions["single"], single_out]),
+                           W.VBox([chain, captions["pipeline"], chain_out])])
     tabs.set_title(0, "single transform")
     tabs.set_title(1, "pipeline")
     ui = W.VBox([W.HBox([pick, mag, count, resample]), tabs])
+    ui.add_class("tlkit-gallery")
     ui.gallery_state = state
     redraw()
-    return ui
+    pictures = [state["png"][k] for k in ("single", "pipeline") if k in state["png"]]
+    alt = f"augmentation gallery: {state['titles'].get('single', '')} | pipeline: {state['titles'].get('pipeline', '')}"
+    return show_static_in_headless(ui, stack_pngs(pictures) if pictures else b"", alt)
