@@ -152,14 +152,14 @@ def predict_views(model: nn.Module, loader, device: torch.device | str | None = 
     A loader of plain batches `[B, C, H, W]` gives V = 1. The B * V views of a batch go through the
     model in chunks of at most `max_batch` images (ten views multiply the activation memory by ten).
     """
-    from tqdm.auto import tqdm
+    from .progress import progress as progress_bar
     check_positive_int("max_batch", max_batch, 32)
     device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
     outs, ys = [], []
     try:
-        for x, y in tqdm(loader, desc="views", disable=not progress, leave=False):
+        for x, y in progress_bar(loader, desc="views", disable=not progress, leave=False):
             if x.dim() == 4:
                 x = x.unsqueeze(1)
             b, v = x.shape[:2]
