@@ -9,9 +9,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# A full-size dataset folder the developer pointed TLKIT_DATA at, if any: only tests that need full-size
-# data use it. Everything else reads the embedded pack, so a bare clone runs the same tests offline.
-FULL_DATA = Path(os.environ["TLKIT_DATA"]) if os.environ.get("TLKIT_DATA") else None
 LESSON_RUNS = None  # set in pytest_configure; read by the terminal summary
 
 
@@ -22,7 +19,10 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     global LESSON_RUNS
-    os.environ.pop("TLKIT_DATA", None)
+    # A full-size dataset folder the developer pointed TLKIT_DATA at stays known as TLKIT_FULL_DATA (only tests
+    # that need full-size data use it); everything else reads the embedded pack, as a bare clone does.
+    if os.environ.get("TLKIT_DATA"):
+        os.environ.setdefault("TLKIT_FULL_DATA", os.environ.pop("TLKIT_DATA"))
     os.environ["TLKIT_CACHE"] = tempfile.mkdtemp(prefix="tlkit-test-cache-")
     os.environ["TLKIT_PROGRESS"] = "0"
     os.environ["TLKIT_OFFLINE"] = "1"
@@ -102,32 +102,6 @@ def pytest_terminal_summary(terminalreporter):
         peak = f"{r.peak_mb:.0f} MB" if r.peak_mb else "?"
         terminalreporter.write_line(f"{r.lesson:28s} {r.status:7s} {r.wall_s:6.0f} s  peak {peak}")
     terminalreporter.write_line(f"executed notebooks: {LESSON_RUNS.out}")
-
-
-def recorded_claims(metrics: dict, expected_ids) -> dict[int, dict]:
-    """A lesson's recorded verdicts, checked against the contract: one per expected claim, each verdict the
-    one its interval implies, the effect inside its interval. Returns them by claim id."""
-    from tlkit.claims import verdict_of
-    entries = {e["id"]: e for e in metrics["claims"]}
-    assert sorted(entries) == sorted(expected_ids)
-    for e in entries.values():
-        low, high = e["ci"]
-        assert low <= e["effect"] <= high, e
-        assert e["verdict"] == verdict_of(low, high), e
-        assert e["n"] >= 2 and e["what"], e
-    return entries
-
-
-def write_notebook(path: Path, params: str, *cells: str) -> Path:
-    """A python3 notebook on disk: a `parameters`-tagged cell, then one code cell per string in `cells`."""
-    import nbformat
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    tagged = nbformat.v4.new_code_cell(params)
-    tagged.metadata["tags"] = ["parameters"]
-    nb.cells = [tagged] + [nbformat.v4.new_code_cell(c) for c in cells]
-    nbformat.write(nb, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tlkit import data, fetch
 
-from conftest import FULL_DATA
+from support import FULL_DATA
 
 
 def make_folder(root: Path, classes=("a", "b"), per_class=6, size=(40, 30)) -> Path:

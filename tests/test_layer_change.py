@@ -89,18 +89,20 @@ def test_change_by_tensor_lists_weight_matrices_in_network_order():
     np.testing.assert_allclose(table["rel_change"], [0, 0, 0, 0.5], atol=1e-7)
 
 
-def test_finetune_from_is_reproducible_and_a_zero_lr_group_does_not_move():
+def test_finetune_from_is_reproducible_and_a_frozen_group_does_not_move():
+    from tlkit.models import freeze_to
     net = unfreeze(tiny_net())
     learn = Learner(net, tiny_loaders(), progress=False, device="cpu")
     start = lc.copy_state(net)
     lc.finetune_from(learn, start, 1e-2, 1, seed=3)  # consumes the loader's generator and the global RNG
-    a = lc.finetune_from(learn, start, [0.0, 0.0, 1e-3, 1e-2], 2, seed=3, label="a")
+    freeze_to(net, 2)                                # groups 0 and 1 get no rate at all (fit refuses a rate of 0)
+    a = lc.finetune_from(learn, start, [1e-3, 1e-3, 1e-3, 1e-2], 2, seed=3, label="a")
     weights_a = lc.snapshot(net)
-    b = lc.finetune_from(learn, start, [0.0, 0.0, 1e-3, 1e-2], 2, seed=3, label="b")
+    b = lc.finetune_from(learn, start, [1e-3, 1e-3, 1e-3, 1e-2], 2, seed=3, label="b")
     assert all(torch.equal(weights_a[k], v) for k, v in lc.snapshot(net).items())  # same batches, same result
     assert a.acc == b.acc and a.rel_change == b.rel_change
     assert a.rel_change[0] == a.rel_change[1] == 0.0 and a.rel_change[2] > 0 and a.rel_change[3] > 0
-    assert a.lrs == [0.0, 0.0, 1e-3, 1e-2]
+    assert a.lrs == [1e-3, 1e-3, 1e-3, 1e-2]
 
 
 def test_compare_ratios_gives_every_run_the_same_head_lr_and_steps_below():

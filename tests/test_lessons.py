@@ -6,7 +6,7 @@ import pytest
 from tlkit import lessons
 from tlkit.config import ParameterError
 
-from conftest import write_notebook
+from support import write_notebook
 
 
 def write_nb(path, cells, params='preset = "auto"\nscale = 1'):

@@ -1,7 +1,7 @@
 """Lesson 01 executed in the quick preset: its numbers, and the verdicts on claims 1-6 and 11."""
 import pytest
 
-from conftest import recorded_claims
+from support import recorded_claims
 from tlkit.claims import proportion_interval
 
 PRETRAINED = ("acc_frozen_head", "acc_precomputed_head", "acc_last_blocks", "acc_full_finetune")

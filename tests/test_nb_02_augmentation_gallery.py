@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import recorded_claims
+from support import recorded_claims
 
 pytestmark = pytest.mark.notebook
 

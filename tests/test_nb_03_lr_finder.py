@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from conftest import recorded_claims
+from support import recorded_claims
 
 pytestmark = pytest.mark.notebook
 

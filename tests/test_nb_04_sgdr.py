@@ -1,7 +1,7 @@
 """Lesson 04 executes in the quick preset: every schedule's result, and the verdicts on claims 14-17."""
 import pytest
 
-from conftest import recorded_claims
+from support import recorded_claims
 
 pytestmark = pytest.mark.notebook
 

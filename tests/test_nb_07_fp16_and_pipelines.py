@@ -1,7 +1,7 @@
 """Lesson 07 executes in the quick preset and its measurements show the effects it teaches."""
 import pytest
 import torch
-from conftest import recorded_claims
+from support import recorded_claims
 
 from tlkit.claims import SUPPORTED
 

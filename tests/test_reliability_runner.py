@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import write_notebook
+from support import write_notebook
 from tlkit import lessons
 
 REPO = lessons.REPO
