@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import confusion_matrix, recall_score
 
-from tlkit import data, features, models, recipe
+from tlkit import claims, data, features, models, recipe
 
 SIZE = 32
 
@@ -42,51 +42,71 @@ def test_fine_tune_records_every_step_in_order(tiny_recipe):
     r, _ = tiny_recipe
     steps = r.acc_after_step
     assert [s["step"] for s in steps] == list(recipe.STEP_NAMES.values())
-    assert all(0.0 <= s["acc"] <= 1.0 for s in steps)
-    assert len(r.splits.val) == 4 and len(r.splits.train) == 16  # seeded stratified 80/20 split
+    assert all(0.0 <= s["acc"] <= 1.0 and 0.0 <= s["val_acc"] <= 1.0 for s in steps)
+    # a folder without a split: seeded stratified 80/20, then as many test images as validation ones from training
+    assert len(r.splits.val) == 4 and len(r.test) == 4 and len(r.splits.train) == 12
+    used = [set(r.splits.train.items), set(r.splits.val.items), set(r.test.items)]
+    assert all(not (a & b) for i, a in enumerate(used) for b in used[i + 1:])
     # whole-network fit with cycle_mult=2 and 2 cycles lasts 1 + 2 epochs
     assert len(r.learn.history) == 1 + 3
+    # every step after the probe is read against the model it started from, on the same test images
+    for s in r.steps[1:]:
+        assert s.change[1] <= s.change[0] <= s.change[2]
+        assert s.change[0] == pytest.approx(s.acc - s.start_acc)
 
 
-def test_recorded_accuracy_is_the_networks_accuracy(tiny_recipe):
-    """The last fit's recorded accuracy equals the network's argmax accuracy on the validation images."""
+def test_network_holds_the_kept_model(tiny_recipe):
+    """The network's accuracy on validation and test images is that of the last stage validation kept."""
     r, _ = tiny_recipe
+    kept = [s for s in r.steps if s.kept and s.step != recipe.STEP_NAMES["tta"]][-1]
     tfm = data.eval_transform(SIZE, r.net.norm)
-    x = torch.stack([tfm(r.splits.val.image(i)) for i in range(len(r.splits.val))])
-    y = torch.tensor(r.splits.val.targets)
     r.net.eval()
-    with torch.no_grad():
-        acc = (r.net(x).argmax(1) == y).float().mean().item()
-    assert r.steps[2].acc == pytest.approx(acc)
+    for images, acc in [(r.splits.val, kept.val_acc), (r.test, float(np.mean(r.net_correct)))]:
+        x = torch.stack([tfm(images.image(i)) for i in range(len(images))])
+        with torch.no_grad():
+            assert (r.net(x).argmax(1) == torch.tensor(images.targets)).float().mean().item() == pytest.approx(acc)
+    assert r.net_correct.tolist() == kept.correct.tolist()
 
 
 def test_flip_tta_averages_the_two_mirrored_probabilities(tiny_recipe):
     r, _ = tiny_recipe
-    probs, y = r.tta_probs("flip")
     tfm = data.eval_transform(SIZE, r.net.norm)
-    x = torch.stack([tfm(r.splits.val.image(i)) for i in range(len(r.splits.val))])
     r.net.eval()
-    with torch.no_grad():
-        ref = (r.net(x).softmax(1) + r.net(x.flip(-1)).softmax(1)) / 2
-    torch.testing.assert_close(probs, ref, atol=1e-5, rtol=1e-4)
-    assert r.steps[-1].acc == pytest.approx((ref.argmax(1) == y).float().mean().item())
+    for images, acc in [(r.splits.val, r.steps[-1].val_acc), (r.test, r.steps[-1].acc)]:
+        probs, y = r.tta_probs("flip", images=images)
+        x = torch.stack([tfm(images.image(i)) for i in range(len(images))])
+        with torch.no_grad():
+            ref = (r.net(x).softmax(1) + r.net(x.flip(-1)).softmax(1)) / 2
+        torch.testing.assert_close(probs, ref, atol=1e-5, rtol=1e-4)
+        assert acc == pytest.approx((ref.argmax(1) == y).float().mean().item())
 
 
 def test_head_trained_on_features_is_the_nets_head(tmp_path):
     """Training on precomputed features updates the Net's own head: evaluating images end to end agrees."""
     root = _make_folder(tmp_path / "split", per_class=8, split=True)
     r = recipe.Recipe(str(root), image_size=SIZE, batch_size=8, progress=False, cache_dir=tmp_path / "f")
-    acc = r.train_head(2, 1e-2)
-    assert acc == pytest.approx(r.learn.evaluate()["acc"])
-    assert r.plan == [("train_head", {"epochs": 2, "lr": 1e-2})]
+    assert len(r.splits.val) == 2 and len(r.test) == 2   # half of the folder's own val/ images are the test split
+    step = r.train_head(2, 1e-2)
+    assert step.val_acc == pytest.approx(r.learn.evaluate()["acc"])
+    assert step.acc == pytest.approx(float(np.mean(r.test_correct())))
+    assert r.plan == [("train_head", {"epochs": step.settings["best_epoch"], "lr": 1e-2})]
+
+
+METHOD_STEP = {"probe": "probe", "train_head": "head", "train_head_augmented": "augment", "train_all": "unfreeze"}
 
 
 def test_retrain_on_all_replays_the_plan_on_train_plus_val(tiny_recipe):
     r, _ = tiny_recipe
     final = r.retrain_on_all()
     assert len(final.splits.train) == len(r.splits.train) + len(r.splits.val)
+    assert final.test is None and not set(final.splits.train.items) & set(r.test.items)
     assert [m for m, _ in final.plan] == [m for m, _ in r.plan]
-    assert [s["step"] for s in final.acc_after_step] == [s["step"] for s in r.acc_after_step[:3]]
+    assert [s["step"] for s in final.acc_after_step] == [recipe.STEP_NAMES[METHOD_STEP[m]] for m, _ in r.plan
+                                                         if m in METHOD_STEP]
+    # the replay stops each stage at the best epoch chosen on validation
+    for (m, kw), s in zip([p for p in r.plan if p[0] in METHOD_STEP and p[0] != "probe"],
+                          [s for s in r.steps if s.kept and s.settings.get("best_epoch")]):
+        assert kw.get("stop_after", kw.get("epochs")) == s.settings["best_epoch"]
     # the reused features are exactly those a fresh pretrained body computes for the merged images
     assert final.body_id == r.body_id
     fresh = models.create("efficientnet_lite0", 2)
@@ -105,7 +125,9 @@ def test_bn_freeze_keeps_imagenet_statistics_while_convolutions_train(tiny_recip
                                             if isinstance(m, torch.nn.BatchNorm2d)}]
     assert len(bn_keys) > 100
     assert all(torch.equal(tuned[k], pretrained[k]) for k in bn_keys)
-    assert not torch.equal(tuned["conv_head.weight"], pretrained["conv_head.weight"])
+    # the convolutions trained, unless validation undid the whole-network stage (then they are the pretrained ones)
+    unfreeze = next(s for s in r.steps if s.step == recipe.STEP_NAMES["unfreeze"])
+    assert torch.equal(tuned["conv_head.weight"], pretrained["conv_head.weight"]) != unfreeze.kept
 
 
 def test_saved_model_reloads_and_predicts_the_same_classes(tiny_recipe, tmp_path):
@@ -186,9 +208,26 @@ def test_waterfall_changes_add_up_to_the_total_gain():
     assert table["change"].sum() == pytest.approx(0.84 - 0.5)
     ax = recipe.plot_waterfall(table, baseline=0.5)
     assert len(ax.patches) == 3
-    with_se = recipe.waterfall_table(steps, baseline=0.5, n_val=100)
-    np.testing.assert_allclose(with_se["se"], [np.sqrt(a * (1 - a) / 100) for a in (0.80, 0.85, 0.84)])
-    recipe.plot_waterfall(with_se, baseline=0.5)
+    with_ci = recipe.waterfall_table(steps, baseline=0.5, n=100)
+    for row in with_ci.itertuples():
+        _, lo, hi = claims.proportion_interval(round(row.acc * 100), 100)
+        assert (row.acc_lo, row.acc_hi) == pytest.approx((lo, hi))
+    recipe.plot_waterfall(with_ci, baseline=0.5)
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
+def test_waterfall_reads_a_step_against_the_model_it_started_from():
+    """A step validation did not keep is shown with its own change; the next step starts from the kept model."""
+    steps = [{"step": "probe", "acc": 0.80, "start_acc": None, "kept": True, "change_ci": None},
+             {"step": "b", "acc": 0.75, "start_acc": 0.80, "kept": False, "change_ci": [-0.1, 0.0]},
+             {"step": "c", "acc": 0.86, "start_acc": 0.80, "kept": True, "change_ci": [0.01, 0.11]}]
+    table = recipe.waterfall_table(steps, baseline=0.5, n=50)
+    np.testing.assert_allclose(table["change"], [0.30, -0.05, 0.06], atol=1e-12)
+    assert table["kept"].tolist() == [True, False, True]
+    assert np.isnan(table["change_lo"].iloc[0]) and table["change_hi"].iloc[2] == 0.11
+    ax = recipe.plot_waterfall(table, baseline=0.5)
+    assert len(ax.patches) == 3
     import matplotlib.pyplot as plt
     plt.close("all")
 

@@ -1,12 +1,18 @@
-"""The full recipe (lesson 08): every step of the notes, run by calling tlkit, with the accuracy after each step.
+"""The full recipe (lesson 08): every step of the notes, run by calling tlkit, each measured on a held-out test split.
 
 The steps, in the notes' order: explore the data; precompute activations (augmentation on, but it has no
 effect on cached features); find the LR; train the last layer on the precomputed activations; train it with
 augmentation using SGDR with `cycle_len=1`; unfreeze with earlier groups 3-10x lower; find the LR again;
 train the whole network with `cycle_mult=2`; look at the results; retrain on training + validation data.
-`Recipe` runs one step per method call (one notebook section each) and remembers the settings it chose,
+`Recipe` runs one step per method call (one notebook section each) and remembers the choices it made,
 so `retrain_on_all` can replay them; `fine_tune` runs them all. No new training loop: every fit is a
 `tlkit.Learner.fit`.
+
+Three splits: training images train, validation images choose (LRs, each stage's best epoch, whether a
+step is kept), test images (`hold_out_test`) only measure. The first bar of the waterfall is a baseline,
+a scikit-learn linear probe on the frozen features (`Recipe.probe`); every later step is read against the
+model it started from with a paired bootstrap over the test images. `verdict_confusion` and
+`verdict_retrain` turn the lesson's measurements into verdicts on claims 23 and 24.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data, features, models, schedules, tta
+from . import claims, data, features, models, schedules, tta
 from .augment import augmented_transform
 from .env import seed_everything
 from .lr_finder import LRFinderResult, lr_find
@@ -35,9 +41,9 @@ from .train import Learner
 
 __all__ = ["STEP_NAMES", "Recipe", "fine_tune", "pick_lr", "plot_lr_sweep", "most_confused", "top_losses",
            "per_class_accuracy", "show_top_losses", "waterfall_table", "plot_waterfall", "image_size_table", "ModelBundle", "save_model", "load_model",
-           "predict_files"]
+           "predict_files", "hold_out_test", "BestEpoch", "confusion_pairs", "verdict_confusion", "verdict_retrain"]
 
-STEP_NAMES = {"head": "pretrained head only", "augment": "+ augmentation (SGDR, cycle_len=1)",
+STEP_NAMES = {"probe": "linear probe (baseline)", "head": "pretrained head only", "augment": "+ augmentation (SGDR, cycle_len=1)",
               "unfreeze": "+ unfreeze, differential LRs (cycle_mult=2)", "tta": "+ TTA"}
 MODEL_FORMAT = 1
 
@@ -77,12 +83,38 @@ def plot_lr_sweep(result: LRFinderResult, title: str | None = None, ax=None):
 
 @dataclass
 class StepResult:
-    """Validation accuracy after one recipe step, what it cost and the settings it used."""
+    """One recipe step: test accuracy of its own result, read against the model the step started from.
+
+    The step's result is its best validation epoch (never a test-chosen one). `kept` is False when the
+    model it started from was better on validation: the recipe then goes on from that model, and the
+    step's (negative) change is still shown.
+    """
 
     step: str
-    acc: float
+    acc: float | None          # test accuracy of the step's result (None: no test split)
     seconds: float
     settings: dict = field(default_factory=dict)
+    val_acc: float = float("nan")
+    val_loss: float = float("nan")
+    kept: bool = True
+    start_acc: float | None = None       # test accuracy of the model the step started from
+    change: tuple | None = None          # (effect, low, high) against it: paired bootstrap over test images
+    correct: np.ndarray | None = field(default=None, repr=False)   # per test image: right or wrong
+
+    def describe(self) -> str:
+        """One line a learner reads: validation and test accuracy, the change with its interval, kept or not."""
+        text = f"{self.step}: validation {self.val_acc:.3f}"
+        if "best_epoch" in self.settings:
+            text += f" (best epoch {self.settings['best_epoch']} of {self.settings['epochs']})"
+        if self.acc is not None:
+            text += f", test {self.acc:.3f}"
+        if self.change is not None:
+            effect, low, high = self.change
+            text += (f", change on test {100 * effect:+.1f} points (95 % interval {100 * low:+.1f} to "
+                     f"{100 * high:+.1f}) against the model it started from")
+        if not self.kept:
+            text += "; validation preferred the model it started from, so the recipe goes on from that one"
+        return text
 
 
 def _cap(images, count: int | None, seed: int):
@@ -98,20 +130,88 @@ def _concat(a: data.ImageList, b: data.ImageList) -> data.ImageList:
     return data.ImageList(a.items + b.items, a.targets + b.targets, a.classes, a.transform, a.decode_size)
 
 
+def hold_out_test(splits: data.Splits, fraction: float = 0.5, seed: int = 0) -> tuple[data.Splits, data.ImageList]:
+    """A seeded, stratified test split that nothing tunes on, and the splits without it.
+
+    A dataset with its own `val/` folder gives `fraction` of those images; a folder tlkit split itself
+    (no `train/` and `val/`) gives as many training images as it has validation images (60/20/20).
+    Why: the validation images choose learning rates, epochs and which step to keep, so their accuracy
+    flatters the model; only images nothing was chosen on say how well it does.
+    """
+    root = Path(splits.root) if splits.root else None
+    own_val = root is not None and (root / "train").is_dir() and (root / "val").is_dir()
+    if own_val or len(splits.val) >= len(splits.train):
+        rest, test = data.stratified_split(splits.val.targets, fraction, seed)
+        return replace(splits, val=splits.val.take(rest)), splits.val.take(test)
+    # (n_val - 0.5) / n_train: the split rounds the count up, so this gives exactly n_val test images
+    rest, test = data.stratified_split(splits.train.targets, (len(splits.val) - 0.5) / len(splits.train), seed)
+    return replace(splits, train=splits.train.take(rest)), splits.train.take(test)
+
+
+def _snapshot(module: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _not_worse(score: tuple[float, float], other: tuple[float, float]) -> bool:
+    """Validation (accuracy, loss) `score` is no worse than `other`: a step is undone only if it lowers accuracy.
+
+    Why accuracy alone: a step that ties on accuracy is the notes' recipe, and a loss from a few dozen
+    images (the probe's is calibrated by cross-validation, one SGD epoch's is not) would undo it on noise.
+    """
+    return score[0] >= other[0] - 1e-6   # accuracies come as float32 and float64 shares of the same images
+
+
+class BestEpoch:
+    """A `Learner.fit` callback that keeps the weights of the best validation epoch, for `restore` after the fit.
+
+    Best: the highest validation accuracy, then the lowest validation loss (accuracy ties often on a
+    few hundred images). Only copies that tie the best accuracy so far are kept in memory.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module, self.best_acc, self.states = module, -1.0, {}
+
+    def __call__(self, event: str, learn: Learner) -> None:
+        if event != "after_epoch" or learn.last_correct is None:
+            return
+        acc = learn.last_correct.float().mean().item()
+        if acc >= self.best_acc:
+            if acc > self.best_acc:
+                self.states.clear()
+            self.best_acc = acc
+            self.states[learn.epoch + 1] = _snapshot(self.module)
+
+    def restore(self, history: pd.DataFrame) -> int:
+        """Load the best epoch's weights; returns its number (1-based, within this fit)."""
+        rows = history[history["epoch"].isin(list(self.states))]
+        best = int(rows.sort_values(["val_acc", "val_loss", "epoch"], ascending=[False, True, True]).iloc[0]["epoch"])
+        self.module.load_state_dict(self.states[best])
+        return best
+
+
 class Recipe:
-    """The notes' recipe on one dataset, one step per method; `steps` holds the accuracy after each."""
+    """The notes' recipe on one dataset, one step per method; `steps` holds the result of each.
+
+    Three splits: training images train; validation images choose (LRs, best epochs, which step to
+    keep); test images (`hold_out_test`) only measure. `select_best=False` (the retrained model, which
+    trains on the validation images) turns the choosing off: it replays the choices made here.
+    """
 
     def __init__(self, dataset="hymenoptera", backbone: str = "efficientnet_lite0", image_size: int = 128,
                  batch_size: int = 32, seed: int = 0, device: torch.device | str = "cpu",
                  max_train: int | None = None, max_val: int | None = None, val_fraction: float = 0.2,
                  splits: data.Splits | None = None, train_tfm=None, cache_dir: str | os.PathLike | None = None,
-                 progress: bool | None = None):
+                 progress: bool | None = None, test_fraction: float | None = 0.5, max_test: int | None = None,
+                 test: data.ImageList | None = None, select_best: bool = True):
         seed_everything(seed)
         self.dataset, self.seed, self.device = dataset, seed, torch.device(device)
         self.image_size, self.batch_size, self.progress = image_size, batch_size, progress
         full = splits or data.get_splits(dataset, seed=seed, val_fraction=val_fraction, image_size=image_size)
+        if test is None and test_fraction:
+            full, test = hold_out_test(full, test_fraction, seed)
         self.splits = replace(full, train=_cap(full.train, max_train, seed),
                                           val=_cap(full.val, max_val, seed))
+        self.test = _cap(test, max_test, seed) if test is not None else None
         self.classes = list(self.splits.classes)
         self.net = models.create(backbone, len(self.classes)).to(self.device)
         self.body_id = self.net.weights_id()   # the pretrained body the features come from
@@ -120,12 +220,20 @@ class Recipe:
         self.dls = data.dataloaders(self.splits, image_size, self.net.norm, batch_size,
                                     train_tfm=self.train_tfm, seed=seed)
         self.learn = Learner(self.net, self.dls, device=self.device, progress=progress)
-        self.cache_dir = cache_dir
-        self.train_fs = self.val_fs = None
+        self.test_loader = None if self.test is None else data.make_loader(
+            self.test.with_transform(data.eval_transform(image_size, self.net.norm), data.decode_size(image_size)),
+            2 * batch_size, shuffle=False)
+        self.cache_dir, self.select_best = cache_dir, select_best
+        self.train_fs = self.val_fs = self.test_fs = None
         self.head_learn: Learner | None = None
         self.ratios: list[float] | None = None
         self.steps: list[StepResult] = []
         self.plan: list[tuple[str, dict]] = []   # the training calls, replayed by `retrain_on_all`
+        self.probe_result: dict | None = None
+        self.use_tta = False
+        self._kept_score: tuple[float, float] | None = None    # validation (acc, loss) of the model kept so far
+        self._kept_correct: np.ndarray | None = None           # its per-image test correctness
+        self.net_correct: np.ndarray | None = None              # the network's (no TTA), after the last stage
 
     # ------------------------------------------------------------ what the steps share
 
@@ -137,44 +245,78 @@ class Recipe:
 
     @property
     def acc_after_step(self) -> list[dict]:
-        """[{"step": name, "acc": validation accuracy}, ...] in the order the steps ran."""
-        return [{"step": s.step, "acc": s.acc} for s in self.steps]
+        """One dict per step, in order: test accuracy (`acc`), validation accuracy, kept, and the change
+        against the model the step started from with its 95 % interval (paired bootstrap over test images)."""
+        return [{"step": s.step, "acc": s.acc, "val_acc": round(s.val_acc, 6), "kept": s.kept,
+                 "start_acc": s.start_acc, "change": None if s.change is None else s.change[0],
+                 "change_ci": None if s.change is None else [s.change[1], s.change[2]]} for s in self.steps]
 
-    def _record_step(self, key: str, acc: float, start: float, **settings) -> float:
-        self.steps = [s for s in self.steps if s.step != STEP_NAMES[key]]  # a rerun step replaces itself
-        self.steps.append(StepResult(STEP_NAMES[key], float(acc), time.perf_counter() - start, settings))
-        return float(acc)
+    def _record_step(self, key: str, start: float, score: tuple[float, float], correct: np.ndarray | None,
+                     kept: bool, **settings) -> StepResult:
+        start_correct = self._kept_correct
+        change = None
+        if correct is not None and start_correct is not None:
+            change = claims.paired_bootstrap(correct, start_correct, seed=self.seed)
+        result = StepResult(STEP_NAMES[key], None if correct is None else float(np.mean(correct)),
+                            time.perf_counter() - start, settings, float(score[0]), float(score[1]), kept,
+                            None if start_correct is None else float(np.mean(start_correct)), change, correct)
+        self.steps = [s for s in self.steps if s.step != result.step]  # a rerun step replaces itself
+        self.steps.append(result)
+        if kept:
+            self._kept_score, self._kept_correct = (float(score[0]), float(score[1])), correct
+        return result
 
     def step_table(self) -> pd.DataFrame:
-        """One row per step: accuracy, seconds, settings."""
-        return pd.DataFrame([{"step": s.step, "acc": s.acc, "seconds": round(s.seconds, 1),
+        """One row per step: test and validation accuracy, kept, seconds, settings."""
+        return pd.DataFrame([{"step": s.step, "test_acc": s.acc, "val_acc": s.val_acc, "kept": s.kept,
+                              "seconds": round(s.seconds, 1),
                               **{k: (f"{v:.2g}" if isinstance(v, float) else v) for k, v in s.settings.items()}}
                              for s in self.steps])
+
+    def test_correct(self, net: nn.Module | None = None) -> np.ndarray | None:
+        """Per test image: is `net`'s (default: this recipe's network) most probable class the right one?"""
+        if self.test_loader is None:
+            return None
+        logits, y = self.learn.get_logits(self.test_loader, model=net)
+        return (logits.argmax(1) == y).numpy()
+
+    def probs(self, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities `[N, K]` and targets `[N]` of the network (no TTA) on "val" or "test"."""
+        if split == "val":
+            return self.learn.get_preds()
+        if self.test_loader is None:
+            raise ValueError("this recipe has no test split (test_fraction=None)")
+        return self.learn.get_preds(self.test_loader)
 
     # ------------------------------------------------------------ 1. explore
 
     def explore(self) -> pd.DataFrame:
-        """Images per class in training and validation, with the share of each class."""
+        """Images per class in training, validation and test, with the share of each class."""
         table = pd.DataFrame({"train": self.splits.train.class_counts(), "val": self.splits.val.class_counts()})
+        if self.test is not None:
+            table["test"] = pd.Series(self.test.class_counts())
         table["train_share"] = (table["train"] / table["train"].sum()).round(3)
         return table
 
     # ------------------------------------------------------------ 2. precompute
 
     def precompute(self, features_pair: tuple | None = None) -> tuple[features.FeatureSet, features.FeatureSet]:
-        """Backbone activations of the training and validation images (eval transform), cached on disk.
+        """Backbone activations of the training and validation images (eval transform), cached on disk;
+        of the test images too (kept apart: they only measure).
 
         Augmentation is switched on in `dls`, but cached features hold one fixed view of each image:
         while we train on them, augmentation does nothing (the notes' "precompute=True").
         """
-        if features_pair is not None:
-            self.train_fs, self.val_fs = features_pair
-            return features_pair
         decode = data.decode_size(self.image_size)
         tfm = data.eval_transform(self.image_size, self.net.norm)
         kw = dict(cache_dir=self.cache_dir, batch_size=2 * self.batch_size, progress=self.progress)
-        self.train_fs = features.precompute(self.net, self.splits.train.with_transform(tfm, decode), **kw)
-        self.val_fs = features.precompute(self.net, self.splits.val.with_transform(tfm, decode), **kw)
+        if features_pair is not None:
+            self.train_fs, self.val_fs = features_pair
+        else:
+            self.train_fs = features.precompute(self.net, self.splits.train.with_transform(tfm, decode), **kw)
+            self.val_fs = features.precompute(self.net, self.splits.val.with_transform(tfm, decode), **kw)
+        if self.test is not None and self.test_fs is None:
+            self.test_fs = features.precompute(self.net, self.test.with_transform(tfm, decode), **kw)
         return self.train_fs, self.val_fs
 
     def _head_learner(self) -> Learner:
@@ -185,6 +327,107 @@ class Recipe:
                                                     seed=self.seed, progress=self.progress)
         return self.head_learn
 
+    # ------------------------------------------------------------ the baseline: a linear probe
+
+    def probe(self, C: float | None = None, as_head: bool = False, Cs: Sequence[float] = tuple(np.logspace(-3, 1, 9)),
+              folds: int = 5) -> StepResult:
+        """The baseline: scikit-learn logistic regression on the frozen body's pooled features (seconds).
+
+        `C` (inverse regularisation) is chosen by stratified cross-validation on the training split
+        alone (log loss); features are standardised with the training split's mean and spread. Every
+        training image is used. `as_head=True` writes it into the network's head (used when validation
+        prefers it to the head trained by SGD).
+        """
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import log_loss
+        from sklearn.model_selection import StratifiedKFold
+        from sklearn.preprocessing import StandardScaler
+        start = time.perf_counter()
+        if self.train_fs is None:
+            self.precompute()
+        x, y = self.train_fs.x.float().numpy(), self.train_fs.y.numpy()
+        k = min(folds, int(np.bincount(y).min()))
+        if C is None and k >= 2:   # cross-validated log loss of each C, scaler fitted inside each fold
+            cv = list(StratifiedKFold(k, shuffle=True, random_state=self.seed).split(x, y))
+            losses = []
+            for c in Cs:
+                total = 0.0
+                for fit_idx, held_idx in cv:
+                    sc = StandardScaler().fit(x[fit_idx])
+                    m = LogisticRegression(C=c, max_iter=3000).fit(sc.transform(x[fit_idx]), y[fit_idx])
+                    total += log_loss(y[held_idx], m.predict_proba(sc.transform(x[held_idx])),
+                                      labels=m.classes_) * len(held_idx)
+                losses.append(total)
+            C = float(Cs[int(np.argmin(losses))])
+        C = 1.0 if C is None else float(C)
+        scaler = StandardScaler().fit(x)
+        clf = LogisticRegression(C=C, max_iter=3000).fit(scaler.transform(x), y)
+        w = clf.coef_ / scaler.scale_
+        b = clf.intercept_ - w @ scaler.mean_
+        if w.shape[0] == 1:   # binary: scikit-learn keeps one logit, class 1's against class 0's zero
+            w, b = np.vstack([np.zeros_like(w), w]), np.concatenate([[0.0], b])
+        weight, bias = torch.tensor(w, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
+
+        def predict(fs):
+            logits = fs.x.float() @ weight.T + bias
+            return logits.argmax(1).numpy(), F.cross_entropy(logits, fs.y.long()).item()
+
+        val_pred, val_loss = predict(self.val_fs)
+        correct = None if self.test_fs is None else predict(self.test_fs)[0] == self.test_fs.y.numpy()
+        self.probe_result = {"C": C, "weight": weight, "bias": bias, "folds": k}
+        if as_head:
+            self._load_probe_head()
+        self.plan = [p for p in self.plan if p[0] != "probe"]
+        if as_head:
+            self.plan.insert(0, ("probe", {"C": C, "as_head": True}))
+        return self._record_step("probe", start, (float(np.mean(val_pred == self.val_fs.y.numpy())), val_loss),
+                                 correct, True, C=C, cv_folds=k, train_images=len(y))
+
+    def _linear(self) -> nn.Linear | None:
+        head = self.net.head
+        if isinstance(head, nn.Linear):
+            return head
+        kinds = [type(m) for m in head] if isinstance(head, nn.Sequential) else []
+        return head[1] if kinds == [nn.Dropout, nn.Linear] else None
+
+    def _load_probe_head(self) -> None:
+        linear = self._linear()
+        with torch.no_grad():
+            linear.weight.copy_(self.probe_result["weight"].to(linear.weight.device))
+            linear.bias.copy_(self.probe_result["bias"].to(linear.bias.device))
+
+    # ------------------------------------------------------------ one training stage, best epoch kept
+
+    def _stage(self, key: str, learner: Learner, module: nn.Module, epochs: int, rates, schedule=None,
+               on_features: bool = False, **settings) -> StepResult:
+        """Fit, restore the best validation epoch, measure on test, keep it only if validation says so."""
+        start = time.perf_counter()
+        keeper = BestEpoch(module) if self.select_best else None
+        before = _snapshot(self.net) if keeper and self._kept_score is not None and key != "head" else None
+        hist = learner.fit(epochs, rates, schedule=schedule, callbacks=[keeper] if keeper else ())
+        best = keeper.restore(hist) if keeper else len(hist)
+        row = hist.iloc[best - 1]
+        score = (float(row["val_acc"]), float(row["val_loss"]))
+        correct = self._test_correct_features() if on_features else self.test_correct()
+        kept = True
+        if keeper and self._kept_score is not None and not _not_worse(score, self._kept_score):
+            if key == "head" and self.probe_result is not None and self._linear() is not None:
+                self._load_probe_head()
+                kept = False
+            elif before is not None:
+                self.net.load_state_dict(before)
+                kept = False
+        result = self._record_step(key, start, score, correct, kept, epochs=epochs, best_epoch=best, **settings)
+        self.net_correct = self._kept_correct   # the network now holds the kept model (no TTA)
+        return result
+
+    def _test_correct_features(self) -> np.ndarray | None:
+        if self.test_fs is None:
+            return None
+        loader = data.make_loader(self.test_fs, 2 * self.batch_size, shuffle=False)
+        logits, y = self._head_learner().get_logits(loader)
+        return (logits.argmax(1) == y).numpy()
+
     # ------------------------------------------------------------ 3-4. the last layer
 
     def find_head_lr(self, num_it: int = 100, start_lr: float = 1e-6, end_lr: float = 10.0,
@@ -193,23 +436,31 @@ class Recipe:
         return lr_find(self._head_learner(), num_it=num_it, start_lr=start_lr, end_lr=end_lr, warn=False,
                        **kwargs)
 
-    def train_head(self, epochs: int, lr: float) -> float:
-        """Train the new last layer on the precomputed activations; returns validation accuracy."""
-        start = time.perf_counter()
+    def train_head(self, epochs: int, lr: float) -> StepResult:
+        """Train the new last layer on the precomputed activations; its best validation epoch is kept."""
         models.freeze(self.net)
-        hist = self._head_learner().fit(epochs, lr)
-        self.plan.append(("train_head", {"epochs": epochs, "lr": lr}))
-        return self._record_step("head", hist["val_acc"].iloc[-1], start, epochs=epochs, lr=lr)
+        result = self._stage("head", self._head_learner(), self.net.head, epochs, lr, on_features=True, lr=lr)
+        if result.kept:
+            self.plan.append(("train_head", {"epochs": result.settings["best_epoch"], "lr": lr}))
+        else:
+            self.plan.insert(0, ("probe", {"C": self.probe_result["C"], "as_head": True}))
+        return result
 
-    def train_head_augmented(self, n_cycles: int, lr: float, cycle_len: float = 1) -> float:
-        """Train the head with the backbone in the loop, so every epoch sees new augmented views (SGDR)."""
-        start = time.perf_counter()
+    def train_head_augmented(self, n_cycles: int, lr: float, cycle_len: float = 1,
+                             stop_after: int | None = None) -> StepResult:
+        """Train the head with the backbone in the loop, so every epoch sees new augmented views (SGDR).
+
+        `stop_after` ends the fit after that many epochs of the same schedule (the retrained model's replay).
+        """
         models.freeze(self.net)
         schedule = schedules.sgdr(n_cycles, cycle_len)
-        hist = self.learn.fit(math.ceil(schedule.total_epochs), lr, schedule=schedule)
-        self.plan.append(("train_head_augmented", {"n_cycles": n_cycles, "lr": lr, "cycle_len": cycle_len}))
-        return self._record_step("augment", hist["val_acc"].iloc[-1], start, n_cycles=n_cycles,
-                                 cycle_len=cycle_len, lr=lr)
+        epochs = stop_after or math.ceil(schedule.total_epochs)
+        result = self._stage("augment", self.learn, self.net, epochs, lr, schedule=schedule, n_cycles=n_cycles,
+                             cycle_len=cycle_len, lr=lr)
+        if result.kept:
+            self.plan.append(("train_head_augmented", {"n_cycles": n_cycles, "lr": lr, "cycle_len": cycle_len,
+                                                       "stop_after": result.settings["best_epoch"]}))
+        return result
 
     # ------------------------------------------------------------ 5-7. the whole network
 
@@ -237,18 +488,19 @@ class Recipe:
         return lr_find(self.learn, num_it=num_it, start_lr=start_lr, end_lr=end_lr, group_lrs=self.ratios,
                        diverge=diverge, warn=False, **kwargs)
 
-    def train_all(self, n_cycles: int, lr: float, cycle_len: float = 1, cycle_mult: float = 2) -> float:
+    def train_all(self, n_cycles: int, lr: float, cycle_len: float = 1, cycle_mult: float = 2,
+                  stop_after: int | None = None) -> StepResult:
         """Fine-tune every layer with differential LRs (`lr` is the head's) and SGDR with `cycle_mult`."""
-        start = time.perf_counter()
         if self.ratios is None:
             self.unfreeze()
         schedule = schedules.sgdr(n_cycles, cycle_len, cycle_mult)
-        lrs = [lr * r for r in self.ratios]
-        hist = self.learn.fit(math.ceil(schedule.total_epochs), lrs, schedule=schedule)
-        self.plan.append(("train_all", {"n_cycles": n_cycles, "lr": lr, "cycle_len": cycle_len,
-                                        "cycle_mult": cycle_mult}))
-        return self._record_step("unfreeze", hist["val_acc"].iloc[-1], start, n_cycles=n_cycles,
-                                 cycle_len=cycle_len, cycle_mult=cycle_mult, lr=lr)
+        epochs = stop_after or math.ceil(schedule.total_epochs)
+        result = self._stage("unfreeze", self.learn, self.net, epochs, [lr * r for r in self.ratios],
+                             schedule=schedule, n_cycles=n_cycles, cycle_len=cycle_len, cycle_mult=cycle_mult, lr=lr)
+        if result.kept:
+            self.plan.append(("train_all", {"n_cycles": n_cycles, "lr": lr, "cycle_len": cycle_len,
+                                            "cycle_mult": cycle_mult, "stop_after": result.settings["best_epoch"]}))
+        return result
 
     # ------------------------------------------------------------ 8. TTA and the results
 
@@ -256,21 +508,27 @@ class Recipe:
                   images: data.ImageList | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Merged probabilities over test-time views: crop views ("flip", "five", "ten") or "aug"."""
         images = self.splits.val if images is None else images
-        norm = self.net.norm
+        norm, decode = self.net.norm, data.decode_size(self.image_size)
         if mode == "aug":
             logits, y = tta.tta_logits(self.net, images, tta.aug_transform(self.image_size, norm, n_aug,
                                                                            augment=self.train_tfm),
-                                       batch_size=self.batch_size)
+                                       batch_size=self.batch_size, decode_size=decode)
             return tta.blend(logits[:, 0].softmax(-1), tta.merge(logits[:, 1:]), beta), y
         logits, y = tta.tta_logits(self.net, images, tta.view_transform(self.image_size, norm, mode),
-                                   batch_size=self.batch_size)
+                                   batch_size=self.batch_size, decode_size=decode)
         return tta.merge(logits), y
 
-    def tta(self, mode: str = "flip", **kwargs) -> float:
-        """Validation accuracy with test-time augmentation (recorded as the last step)."""
+    def tta(self, mode: str = "flip", **kwargs) -> StepResult:
+        """Test-time augmentation, measured on test; used (`use_tta`) only if validation prefers it."""
         start = time.perf_counter()
-        probs, y = self.tta_probs(mode, **kwargs)
-        return self._record_step("tta", tta.accuracy(probs, y), start, mode=mode)
+        probs, y = self.tta_probs(mode, images=self.splits.val, **kwargs)
+        score = (tta.accuracy(probs, y), F.nll_loss(probs.clamp_min(1e-12).log(), y).item())
+        correct = None
+        if self.test is not None:
+            test_probs, test_y = self.tta_probs(mode, images=self.test, **kwargs)
+            correct = (test_probs.argmax(1) == test_y).numpy()
+        self.use_tta = self._kept_score is None or _not_worse(score, self._kept_score)
+        return self._record_step("tta", start, score, correct, self.use_tta, mode=mode)
 
     def predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Validation probabilities `[N, K]` and targets `[N]` of the current network (no TTA)."""
@@ -279,24 +537,27 @@ class Recipe:
     # ------------------------------------------------------------ 9. final model
 
     def retrain_on_all(self, eval_images: int | None = 64, progress: bool | None = None) -> "Recipe":
-        """A fresh network trained on training + validation images with the settings this recipe chose.
+        """A fresh network trained on training + validation images with the choices this recipe made.
 
-        Why: once the settings are fixed, the validation images are more training data. The new recipe
-        still reports accuracy on (at most `eval_images` of) the validation images, but it has trained on
-        them, so those numbers measure fit, not generalisation: a sanity check, kept small to save time.
+        Why: once the settings are fixed, the validation images are more training data. The replay uses
+        the LRs, best epochs and kept steps chosen here (there is no unseen validation image left to
+        choose on). Its `steps` report accuracy on (at most `eval_images` of) the validation images it
+        trained on: fit, not generalisation. Measure it on this recipe's test split (`test_correct(final.net)`).
         """
         train_all = _concat(self.splits.train, self.splits.val)
         merged = data.Splits(train_all, _cap(self.splits.val, eval_images, self.seed), self.classes,
                              self.splits.root, self.splits.name)
         final = Recipe(self.dataset, self.net.name, self.image_size, self.batch_size, self.seed, self.device,
                        splits=merged, train_tfm=self.train_tfm, cache_dir=self.cache_dir,
-                       progress=self.progress if progress is None else progress)
+                       progress=self.progress if progress is None else progress, test_fraction=None,
+                       select_best=False)
         if self.train_fs is not None and final.body_id == self.body_id:
             both = features.FeatureSet(torch.cat([self.train_fs.x, self.val_fs.x]),
                                        torch.cat([self.train_fs.y, self.val_fs.y]), "train+val", self.classes)
             final.precompute((both, _cap(self.val_fs, eval_images, self.seed)))  # same rows as final's val
         for method, kwargs in self.plan:
             getattr(final, method)(**kwargs)
+        final.use_tta = self.use_tta
         return final
 
 
@@ -309,6 +570,7 @@ def fine_tune(dataset="hymenoptera", backbone: str = "efficientnet_lite0", image
     """Run every recipe step with the LRs the finder suggests; returns the `Recipe` (see `.acc_after_step`)."""
     r = Recipe(dataset, backbone, image_size, batch_size, seed, device, **recipe_kwargs)
     r.precompute()
+    r.probe()
     head_lr = pick_lr(r.find_head_lr(num_it=head_lr_iters), lr_rule)
     r.train_head(head_epochs, head_lr)
     r.train_head_augmented(aug_cycles, head_lr)
@@ -367,44 +629,129 @@ def show_top_losses(images: data.ImageList, table: pd.DataFrame, ncols: int = 4,
 
 
 def waterfall_table(acc_after_step: Sequence[dict], baseline: float | None = None,
-                    n_val: int | None = None) -> pd.DataFrame:
-    """Accuracy after each step and the change each step made (the first step's change is from `baseline`).
+                    n: int | None = None) -> pd.DataFrame:
+    """Accuracy after each step and the change the step made, read against the model it started from.
 
-    With `n_val` (validation images), `se` is the binomial standard error sqrt(acc (1 - acc) / n): a change
-    smaller than about two of them could be luck of the validation draw.
+    Steps from `Recipe.acc_after_step` carry `start_acc` (the model the step started from: the previous
+    kept one) and `change_ci` (the change's 95 % interval, paired bootstrap over the same images); plain
+    `{"step", "acc"}` dicts are read against the previous step. The first step's change is from
+    `baseline` (e.g. chance). With `n` (images the accuracies were measured on), `acc_lo`/`acc_hi` are
+    each accuracy's Clopper-Pearson interval.
     """
     acc = np.array([float(s["acc"]) for s in acc_after_step])
-    previous = [baseline if baseline is not None else float("nan"), *acc[:-1]]
-    table = pd.DataFrame({"step": [s["step"] for s in acc_after_step], "acc": acc,
-                          "change": acc - np.array(previous)})
-    if n_val:
-        table["se"] = np.sqrt(acc * (1 - acc) / n_val)
+    first = baseline if baseline is not None else float("nan")
+    if acc_after_step and all("start_acc" in s for s in acc_after_step):
+        start = np.array([first if s["start_acc"] is None else float(s["start_acc"]) for s in acc_after_step])
+    else:
+        start = np.array([first, *acc[:-1]])
+    table = pd.DataFrame({"step": [s["step"] for s in acc_after_step], "acc": acc, "start": start,
+                          "change": acc - start})
+    if any(s.get("change_ci") for s in acc_after_step):
+        table["change_lo"] = [s["change_ci"][0] if s.get("change_ci") else np.nan for s in acc_after_step]
+        table["change_hi"] = [s["change_ci"][1] if s.get("change_ci") else np.nan for s in acc_after_step]
+    if any("kept" in s for s in acc_after_step):
+        table["kept"] = [bool(s.get("kept", True)) for s in acc_after_step]
+    if n:
+        bounds = [claims.proportion_interval(int(round(a * n)), n)[1:] for a in acc]
+        table["acc_lo"], table["acc_hi"] = [b[0] for b in bounds], [b[1] for b in bounds]
     return table
 
 
-def plot_waterfall(table: pd.DataFrame, baseline: float = 0.0, ax=None, title: str = "what each step added"):
-    """Each step as a floating bar from the previous accuracy to its own (green up, red down)."""
+def plot_waterfall(table: pd.DataFrame, baseline: float = 0.0, ax=None, title: str = "what each step added",
+                   ylabel: str = "test accuracy"):
+    """Each step as a floating bar from the accuracy it started from to its own (green up, red down,
+    hatched when validation did not keep it). Whiskers: the change's 95 % interval placed on the bar's
+    top (or the accuracy's own interval where the change has none)."""
     import matplotlib.pyplot as plt
-    ax = ax or plt.subplots(figsize=(max(6, 1.6 * len(table)), 3.6))[1]
+    ax = ax or plt.subplots(figsize=(max(6, 1.7 * len(table)), 3.8))[1]
+    has_start = "start" in table
     prev = baseline
-    for i, acc in enumerate(table["acc"]):
+    for i, row in enumerate(table.itertuples()):
+        acc = row.acc
+        start = row.start if has_start and not np.isnan(row.start) else (baseline if i == 0 else prev)
         first = i == 0
-        bottom, height = (baseline, acc - baseline) if first else (prev, acc - prev)
-        color = "tab:blue" if first else ("tab:green" if acc >= prev else "tab:red")
-        ax.bar(i, height if abs(height) > 1e-4 else 1e-3, bottom=bottom, color=color, width=0.6)
-        if "se" in table:
-            ax.errorbar(i, acc, yerr=table["se"].iloc[i], color="0.2", capsize=4, lw=1)
-        label = f"{acc:.3f}" if first else f"{acc:.3f}\n({acc - prev:+.3f})"
-        top = max(acc, prev if not first else acc) + (table["se"].iloc[i] if "se" in table else 0)
+        bottom, height = (baseline, acc - baseline) if first else (start, acc - start)
+        color = "tab:blue" if first else ("tab:green" if acc >= start else "tab:red")
+        kept = getattr(row, "kept", True)
+        ax.bar(i, height if abs(height) > 1e-4 else 1e-3, bottom=bottom, color=color, width=0.6,
+               hatch=None if kept else "//", alpha=1.0 if kept else 0.55)
+        lo_hi = None
+        if "change_lo" in table and not np.isnan(row.change_lo):
+            lo_hi = (start + row.change_lo, start + row.change_hi)
+        elif "acc_lo" in table:
+            lo_hi = (row.acc_lo, row.acc_hi)
+        if lo_hi:
+            ax.errorbar(i, acc, yerr=[[max(acc - lo_hi[0], 0)], [max(lo_hi[1] - acc, 0)]], color="0.2", capsize=4, lw=1)
+        label = f"{acc:.3f}" if first else f"{acc:.3f}\n({acc - start:+.3f})" + ("" if kept else "\nnot kept")
+        top = max(acc, start, lo_hi[1] if lo_hi else acc)
         ax.text(i + 0.32, top, label, ha="left", va="bottom", fontsize=8)
         if not first:
-            ax.plot([i - 1 - 0.3, i + 0.3], [prev, prev], color="0.5", lw=0.8, ls=":")
-        prev = acc
-    lo = max(0.0, min(baseline, *table["acc"]) - 0.05)
-    ax.set(xticks=range(len(table)), xlim=(-0.6, len(table) - 0.1), ylim=(lo, 1.02),
-           ylabel="validation accuracy", title=title)
+            ax.plot([i - 1 - 0.3, i + 0.3], [start, start], color="0.5", lw=0.8, ls=":")
+        prev = acc if kept else start
+    lows = [baseline, *table["acc"]] + (list(table["acc_lo"]) if "acc_lo" in table else [])
+    lo = max(0.0, min(lows) - 0.05)
+    ax.set(xticks=range(len(table)), xlim=(-0.6, len(table) - 0.1), ylim=(lo, 1.04), ylabel=ylabel, title=title)
     ax.set_xticklabels([textwrap.fill(s, 18) for s in table["step"]], fontsize=8)
     return ax
+
+
+# ---------------------------------------------------------------- the lesson's verdicts
+
+def confusion_pairs(targets, probs, k: int) -> list[tuple[int, int]]:
+    """Ordered (actual, predicted) class pairs, most confused first: by count of errors, then by the
+    probability the model gave the wrong class (so a ranking exists even without errors)."""
+    targets, probs = np.asarray(targets), np.asarray(probs, dtype=float)
+    preds = probs.argmax(1)
+    hard = np.bincount(targets * k + preds, minlength=k * k).reshape(k, k)
+    soft = np.zeros((k, k))
+    np.add.at(soft, targets, probs)
+    pairs = [(a, p) for a in range(k) for p in range(k) if a != p]
+    return sorted(pairs, key=lambda ap: (-hard[ap], -soft[ap], ap))
+
+
+def verdict_confusion(val_targets, val_probs, test_targets, test_probs, classes: Sequence[str]) -> dict:
+    """Claim 23 measured: does the confusion matrix of one split name the pair the model mixes up on another?
+
+    The validation matrix names its most confused ordered pair; we count how many of the *test* errors
+    fall in it, and the other way round (test names, validation errors are counted). If the matrix
+    showed nothing, errors would be spread over the K(K-1) ordered pairs and the named pair would get
+    1/(K(K-1)) of them. The effect: the share of errors in the named pair minus that even share, with a
+    Clopper-Pearson interval. Returns {"verdict": Verdict or None (fewer than two errors), "pairs", "hits", "errors"}.
+    """
+    k = len(classes)
+    val_targets, test_targets = np.asarray(val_targets), np.asarray(test_targets)
+    val_probs, test_probs = np.asarray(val_probs, dtype=float), np.asarray(test_probs, dtype=float)
+    named_by_val = confusion_pairs(val_targets, val_probs, k)[0]
+    named_by_test = confusion_pairs(test_targets, test_probs, k)[0]
+    hits, errors = 0, 0
+    for (a, p), targets, probs in [(named_by_val, test_targets, test_probs), (named_by_test, val_targets, val_probs)]:
+        preds = probs.argmax(1)
+        wrong = preds != targets
+        errors += int(wrong.sum())
+        hits += int((wrong & (targets == a) & (preds == p)).sum())
+    pairs = {"named by validation": f"{classes[named_by_val[0]]} -> {classes[named_by_val[1]]}",
+             "named by test": f"{classes[named_by_test[0]]} -> {classes[named_by_test[1]]}"}
+    verdict = None
+    if errors >= 2:   # one error cannot show a pattern
+        bar = 1 / (k * (k - 1))
+        verdict = claims.share_above(
+            23, hits, errors, bar,
+            f"share of the errors that fall in the ordered pair (actual -> predicted) the *other* split's "
+            f"confusion matrix names as most confused (validation names it for the test errors, test for the "
+            f"validation errors), against 1/(K(K-1)) = {bar:.1%}, the share if errors were spread evenly over "
+            f"the {k * (k - 1)} ordered pairs")
+    return {"verdict": verdict, "pairs": pairs, "hits": hits, "errors": errors}
+
+
+def verdict_retrain(retrained_correct, train_only_correct, n_train: int, n_all: int, seed: int = 0) -> claims.Verdict:
+    """Claim 24 measured: the retrained model (training + validation images, the choices made on
+    validation replayed) against the same recipe's model trained on the training images only, on the
+    test images neither saw (paired bootstrap over them)."""
+    return claims.compare_accuracy(
+        24, retrained_correct, train_only_correct,
+        f"test accuracy of the recipe retrained on training + validation images ({n_all:,}, the LRs, epochs and "
+        f"kept steps chosen on validation replayed) minus the recipe's model trained on the training images "
+        f"only ({n_train:,}), paired over the test images neither saw", seed=seed)
 
 
 def image_size_table(images: data.ImageList, n: int = 200, seed: int = 0) -> pd.DataFrame:

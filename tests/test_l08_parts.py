@@ -1,0 +1,148 @@
+"""Lesson 08's new parts on tiny data: the held-out test split, best-epoch restore, undoing a step that
+validation rejects, the probe written into the head, and the two verdicts' arithmetic."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from tlkit import claims, data, features, recipe
+from tlkit.train import Learner
+
+SIZE = 32
+
+
+def _folder(root, per_class=12, split=False, n_classes=2):
+    rng = np.random.default_rng(0)
+    for c in range(n_classes):
+        for i in range(per_class):
+            part = ("val" if i % 3 == 0 else "train") if split else None
+            folder = (root / part if part else root) / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            img = rng.integers(0, 100, size=(36, 40, 3), dtype=np.uint8)
+            img[..., c % 3] += 150
+            Image.fromarray(img).save(folder / f"{c}_{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_test_split_is_disjoint_stratified_and_seeded(tmp_path, split):
+    root = _folder(tmp_path / "f", per_class=12, split=split)
+    splits = data.get_splits(str(root), seed=0)
+    rest, test = recipe.hold_out_test(splits, 0.5, seed=0)
+    again = recipe.hold_out_test(splits, 0.5, seed=0)[1]
+    assert test.items == again.items
+    parts = [set(rest.train.items), set(rest.val.items), set(test.items)]
+    assert sum(map(len, parts)) == len(splits.train) + len(splits.val)
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    counts = test.class_counts().values()
+    assert max(counts) - min(counts) <= 1   # stratified: as many of each class as the total allows
+    if split:   # half of the folder's own val/ images; training untouched
+        assert rest.train.items == splits.train.items and len(test) == len(splits.val) // 2
+    else:       # from the training images, as many as the validation images
+        assert rest.val.items == splits.val.items and len(test) == len(splits.val)
+
+
+def _feature_learner(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(60, 8, generator=g)
+    y = (x[:, 0] + 0.8 * torch.randn(60, generator=g) > 0).long()
+    train = features.FeatureSet(x[:40], y[:40], "t", ["a", "b"])
+    val = features.FeatureSet(x[40:], y[40:], "v", ["a", "b"])
+    torch.manual_seed(seed)
+    head = nn.Linear(8, 2)
+    return Learner(head, features.feature_loaders(train, val, 8, seed=seed), progress=False), head
+
+
+def test_best_epoch_restores_the_weights_of_the_best_validation_epoch():
+    learn, head = _feature_learner()
+    keeper = recipe.BestEpoch(head)
+    # a large constant LR makes validation accuracy move from epoch to epoch
+    hist = learn.fit(6, 0.5, callbacks=[keeper])
+    best = keeper.restore(hist)
+    ranked = hist.sort_values(["val_acc", "val_loss", "epoch"], ascending=[False, True, True])
+    assert best == int(ranked.iloc[0]["epoch"])
+    after = learn.evaluate()
+    assert after["acc"] == pytest.approx(hist["val_acc"].iloc[best - 1])
+    assert after["loss"] == pytest.approx(hist["val_loss"].iloc[best - 1], rel=1e-5)
+
+
+def test_a_stage_that_validation_rejects_is_undone_but_shown(tmp_path):
+    """A harmful stage (a huge LR) is measured, shown with its change, and the network goes back to before it."""
+    root = _folder(tmp_path / "f", per_class=10, split=True)
+    r = recipe.Recipe(str(root), image_size=SIZE, batch_size=8, progress=False, cache_dir=tmp_path / "c")
+    r.precompute()
+    r.train_head(3, 1e-2)
+    before = {k: v.clone() for k, v in r.net.state_dict().items()}
+    kept_before = r.net_correct.copy()
+    r._kept_score = (1.01, 0.0)   # a validation accuracy no stage can reach: the stage must be undone
+    step = r.train_head_augmented(1, 1e-2)
+    assert step.kept is False and step.change is not None and step.acc is not None
+    assert all(torch.equal(before[k], v) for k, v in r.net.state_dict().items())
+    assert r.net_correct.tolist() == kept_before.tolist()
+    assert [m for m, _ in r.plan] == ["train_head"]   # the retrained model will not replay it
+
+
+def test_probe_written_into_the_head_predicts_as_scikit_learn(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    root = _folder(tmp_path / "f", per_class=12, split=True, n_classes=3)
+    r = recipe.Recipe(str(root), image_size=SIZE, batch_size=8, progress=False, cache_dir=tmp_path / "c")
+    step = r.probe(as_head=True)
+    C = step.settings["C"]
+    assert C in set(np.logspace(-3, 1, 9))
+    x, y = r.train_fs.x.numpy(), r.train_fs.y.numpy()
+    scaler = StandardScaler().fit(x)
+    ref = LogisticRegression(C=C, max_iter=3000).fit(scaler.transform(x), y)
+    expected = ref.predict(scaler.transform(r.test_fs.x.numpy())) == r.test_fs.y.numpy()
+    assert step.correct.tolist() == expected.tolist()
+    # the network with the probe in its head predicts the same from images end to end
+    assert r.test_correct().tolist() == expected.tolist()
+    assert r.plan == [("probe", {"C": C, "as_head": True})]
+
+
+def test_confusion_verdict_counts_errors_in_the_pair_the_other_split_names():
+    k = 3
+    classes = ["a", "b", "c"]
+
+    def split(errors):   # one-hot predictions: 10 right per class, then (actual, predicted) errors
+        t = [c for c in range(k) for _ in range(10)] + [a for a, _ in errors]
+        p = [c for c in range(k) for _ in range(10)] + [q for _, q in errors]
+        return np.array(t), np.eye(k)[p]
+
+    vt, vp = split([(0, 1)] * 4 + [(2, 1)])
+    tt, tp = split([(0, 1)] * 3 + [(1, 2), (2, 0)])
+    out = recipe.verdict_confusion(vt, vp, tt, tp, classes)
+    # validation names a -> b: 3 of the 5 test errors; test names a -> b: 4 of the 5 validation errors
+    assert out["pairs"] == {"named by validation": "a -> b", "named by test": "a -> b"}
+    assert (out["hits"], out["errors"]) == (7, 10)
+    share, lo, hi = claims.proportion_interval(7, 10)
+    v = out["verdict"]
+    assert v.id == 23 and v.n == 10
+    assert (v.effect, *v.ci) == pytest.approx((share - 1 / 6, lo - 1 / 6, hi - 1 / 6))
+    # one error cannot show a pattern: no verdict
+    none = recipe.verdict_confusion(*split([(0, 1)]), *split([]), classes)
+    assert none["verdict"] is None and none["errors"] == 1
+
+
+def test_confusion_pairs_rank_by_probability_when_there_are_no_errors():
+    probs = np.array([[0.9, 0.1, 0.0], [0.6, 0.0, 0.4], [0.2, 0.7, 0.1]])
+    assert recipe.confusion_pairs([0, 0, 1], probs, 3)[0] == (0, 2)
+
+
+def test_retrain_verdict_is_the_paired_difference():
+    retrained = np.array([1, 1, 1, 0, 1, 1, 1, 1])
+    train_only = np.array([1, 0, 1, 0, 1, 1, 0, 1])
+    v = recipe.verdict_retrain(retrained, train_only, 100, 150)
+    assert v.id == 24 and v.n == 8 and v.effect == pytest.approx(2 / 8)
+    assert "(150" in v.what and "(100)" in v.what
+
+
+def test_a_tie_on_validation_accuracy_keeps_the_step():
+    """69 of 76 right is a tie whether it arrives as float32 (a Learner) or float64 (scikit-learn)."""
+    as_float32 = torch.tensor(69 / 76, dtype=torch.float32).item()
+    assert recipe._not_worse((as_float32, 9.0), (69 / 76, 0.1))
+    assert not recipe._not_worse((68 / 76, 0.0), (69 / 76, 9.0))
