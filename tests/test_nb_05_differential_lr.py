@@ -54,13 +54,5 @@ def test_accuracies_are_well_above_chance(lesson_metrics):
     assert m["acc_differential_dissimilar"] > 0.5
 
 
-def test_differential_beats_uniform_on_photos(lesson_metrics):
-    """The uniform head rate shakes the pretrained early features; 10x steps keep what the head had learned."""
-    m = lesson_metrics("05")
-    assert m["acc_differential_similar"] > m["acc_uniform_similar"] + 0.05
-    assert m["acc_differential_similar"] >= m["acc_head_similar"] - 0.05
-    assert m["acc_differential_dissimilar"] >= m["acc_uniform_dissimilar"] - 0.02
-
-
 def test_quick_preset_fits_binder(lesson_result):
     assert lesson_result("05").peak_mb < 2048
