@@ -507,3 +507,31 @@ def test_plot_of_several_sweeps_marks_each():
     ax = plot_lr_curves({"a": curve_result(0.05), "b": curve_result(0.1)})
     assert sum(line.get_marker() == "o" for line in ax.get_lines()) == 2
     plt.close("all")
+
+
+def seeded_tiny_learner(seed):
+    """`tiny_learner` whose initial weights come from `seed` (what `rule_losses` expects from its factory)."""
+    learn = tiny_learner()
+    torch.manual_seed(seed)
+    learn.net.reset_parameters()
+    return learn
+
+
+def test_rule_losses_sweeps_once_per_seed_and_trains_at_each_rules_own_lr():
+    from tlkit.env import seed_everything
+    from tlkit.lr_finder import item_losses, rule_losses
+    loader = tiny_learner().dls.val
+    sweep = dict(start_lr=1e-4, end_lr=10.0, num_it=40, warn=False)
+    losses, chosen = rule_losses(seeded_tiny_learner, ("min10", "steep"), 2, [0, 1], loader, **sweep)
+    assert {k: v.shape for k, v in losses.items()} == {"min10": (2, 64), "steep": (2, 64)}
+    assert list(chosen["seed"]) == [0, 1]
+    for i, seed in enumerate([0, 1]):                    # each row is an independent sweep and fit, recomputed
+        seed_everything(seed)
+        result = lr_find(seeded_tiny_learner(seed), **sweep)
+        for rule in ("min10", "steep"):
+            assert chosen[rule][i] == pytest.approx(result.lr(rule), rel=1e-12)
+            seed_everything(seed)
+            learn = seeded_tiny_learner(seed)
+            learn.fit(2, result.lr(rule))
+            np.testing.assert_allclose(losses[rule][i], item_losses(learn, loader), rtol=1e-6)
+    assert not np.allclose(losses["steep"][0], losses["steep"][1])   # the seeds really are different runs

@@ -557,16 +557,31 @@ def item_losses(learn, loader) -> np.ndarray:
     return F.cross_entropy(logits, y, reduction="none").numpy()
 
 
-def losses_at(make_learner, lr: float, epochs: int, seeds, loader) -> np.ndarray:
-    """Per-item losses on `loader` after training at `lr` once per seed: an array [seeds, items]."""
+def rule_losses(make_learner, rules, epochs: int, seeds, loader, **find_kwargs) -> tuple[dict, "pd.DataFrame"]:
+    """Per-item losses on `loader` after training at each rule's suggestion, one sweep per seed.
+
+    Why one sweep per seed: the claim is about the rule, not about one sweep's curve, so each seed
+    sweeps `make_learner(seed)` afresh and then trains a fresh `make_learner(seed)` at every rule's
+    LR. Returns `{rule: array [seeds, items]}` and a table of the suggested LRs per seed.
+    """
+    import pandas as pd
+
     from .env import seed_everything
-    rows = []
+    losses, chosen = {rule: [] for rule in rules}, []
     for seed in seeds:
         seed_everything(seed)
-        learn = make_learner(seed)
-        learn.fit(epochs, float(lr))
-        rows.append(item_losses(learn, loader))
-    return np.stack(rows)
+        result = lr_find(make_learner(seed), **find_kwargs)
+        row = {"seed": seed}
+        for rule in rules:
+            row[rule] = lr = result.lr(rule)
+            if lr is None:
+                raise ValueError(f"seed {seed}: the sweep gave no {rule!r} suggestion ({result.stop_reason})")
+            seed_everything(seed)
+            learn = make_learner(seed)
+            learn.fit(epochs, float(lr))
+            losses[rule].append(item_losses(learn, loader))
+        chosen.append(row)
+    return {rule: np.stack(rows) for rule, rows in losses.items()}, pd.DataFrame(chosen)
 
 
 def verdict_min10_vs_steep(loss_min10: np.ndarray, loss_steep: np.ndarray):
