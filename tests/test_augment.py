@@ -268,3 +268,23 @@ def test_small_cnn_shapes():
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 5)
     convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [4, 8, 16, 32]
+
+
+def test_compare_augmentations_averages_each_images_correctness_over_independent_seeds():
+    from tlkit import data
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (20, 20, 3), dtype=np.uint8) for _ in range(16)]
+    targets = [i % 2 for i in range(16)]
+    for a, t in zip(arrays, targets):                          # a learnable cue: class 1 is brighter
+        a[:] = np.clip(a // 2 + 128 * t, 0, 255)
+    images = data.ImageList(arrays, targets, ["dark", "bright"])
+    plain = data.eval_transform(16, ((0.5,) * 3, (0.5,) * 3))
+    args = (images, images, {"plain": plain}, plain, plain, 2, 1e-2, 4, 4)
+    both = A.compare_augmentations(*args, seeds=[0, 1])["plain"]
+    one = [A.compare_augmentations(*args, seeds=[s])["plain"] for s in (0, 1)]
+    for part in ("train", "val", "lit"):
+        np.testing.assert_allclose(both["correct"][part], (one[0]["correct"][part] + one[1]["correct"][part]) / 2)
+    np.testing.assert_allclose(both["history"]["val_loss"],
+                               (one[0]["history"]["val_loss"] + one[1]["history"]["val_loss"]) / 2, rtol=1e-6)
+    assert both["seeds"] == [0, 1] and len(both["histories"]) == 2
+    assert not one[0]["history"]["val_loss"].equals(one[1]["history"]["val_loss"])   # the seeds differ

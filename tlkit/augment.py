@@ -345,34 +345,49 @@ def lighting_change(size: int, norm, pca: ColorPCA, shift_sigma: float = 0.08, p
 
 
 def compare_augmentations(train_images, val_images, train_tfms: dict, eval_tf, lit_tf, epochs: int, lr: float,
-                          batch_size: int, width: int, seed: int = 0, device="cpu") -> dict[str, dict]:
-    """Train the same small CNN (same seed, same images) once per training transform, from scratch.
+                          batch_size: int, width: int, seeds=(0,), device="cpu") -> dict[str, dict]:
+    """Train the same small CNN (same images) once per training transform and seed, from scratch.
 
-    Each result holds the history and per-image correctness on the clean training images, the
-    validation images, and the validation images under a seeded change of lighting (the same
-    changed images for every model), so runs can be compared image by image.
+    Each result holds the histories (one per seed) and per-image correctness on the clean training
+    images, the validation images, and the validation images under a seeded change of lighting (the
+    same changed images for every model), averaged over the seeds. Why seeds: one from-scratch run
+    per setting mixes the setting's effect with the luck of one initialisation.
     """
     from .data import DataLoaders, make_loader
     from .train import Learner
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     val = make_loader(val_images.with_transform(eval_tf), 128, False)
     clean_train = make_loader(train_images.with_transform(eval_tf), 128, False)
     lit = make_loader(val_images.with_transform(lit_tf), 128, False)
     results = {}
     for name, tf in train_tfms.items():
-        torch.manual_seed(seed)
-        net = small_cnn(len(train_images.classes), width)
-        train = make_loader(train_images.with_transform(tf), batch_size, True, seed=seed)
-        learn = Learner(net, DataLoaders(train, val, list(train_images.classes), None), device=device)
-        hist = fit_with_clean_train_acc(learn, epochs, lr, clean_train,
-                                        schedule=lambda t: 0.5 * (1 + np.cos(np.pi * t / epochs)))
-        correct = {}
-        for part, loader in (("train", clean_train), ("val", val), ("lit", lit)):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + 1)          # the same lighting changes for every model
-                learn.evaluate(loader)
-            correct[part] = learn.last_correct.numpy().astype(float)
-        results[name] = {"history": hist, "correct": correct}
+        histories, correct = [], {"train": [], "val": [], "lit": []}
+        for seed in seeds:
+            torch.manual_seed(seed)
+            net = small_cnn(len(train_images.classes), width)
+            train = make_loader(train_images.with_transform(tf), batch_size, True, seed=seed)
+            learn = Learner(net, DataLoaders(train, val, list(train_images.classes), None), device=device)
+            histories.append(fit_with_clean_train_acc(learn, epochs, lr, clean_train,
+                                                      schedule=lambda t: 0.5 * (1 + np.cos(np.pi * t / epochs))))
+            for part, loader in (("train", clean_train), ("val", val), ("lit", lit)):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seeds[0] + 1)      # the same lighting changes for every model
+                    learn.evaluate(loader)
+                correct[part].append(learn.last_correct.numpy().astype(float))
+        results[name] = {"history": mean_history(histories), "histories": histories, "seeds": seeds,
+                         "correct": {part: np.mean(rows, axis=0) for part, rows in correct.items()}}
     return results
+
+
+def mean_history(histories: list) -> "pd.DataFrame":
+    """The epoch-by-epoch mean of several runs' histories (same epochs, numeric columns)."""
+    import pandas as pd
+    return pd.concat(histories).groupby("epoch", as_index=False).mean(numeric_only=True)
+
+
+def _over_seeds(run: dict) -> str:
+    n = len(run.get("seeds", [0]))
+    return f", each image's correctness averaged over {n} seeds" if n > 1 else ""
 
 
 def verdict_fights_overfitting(plain: dict, augmented: dict):
@@ -382,14 +397,15 @@ def verdict_fights_overfitting(plain: dict, augmented: dict):
     effect, low, high = claims.bootstrap_sum([(1.0, p["train"] - a["train"]), (-1.0, p["val"] - a["val"])])
     return claims.judge(10, effect, (low, high), len(p["val"]),
                         "the generalisation gap (clean training minus validation accuracy) without augmentation "
-                        "minus the gap with it")
+                        f"minus the gap with it{_over_seeds(plain)}")
 
 
 def verdict_geometry_helps(geometric: dict, plain: dict):
     """Claim 7: validation accuracy with crops, mirrors and rotations minus without any augmentation."""
     from . import claims
     return claims.compare_accuracy(7, geometric["correct"]["val"], plain["correct"]["val"],
-                                   "crop + mirror + rotation minus no augmentation, validation accuracy")
+                                   "crop + mirror + rotation minus no augmentation, validation accuracy"
+                                   + _over_seeds(plain))
 
 
 def verdict_colour_robustness(coloured: dict, geometric: dict):
@@ -398,7 +414,7 @@ def verdict_colour_robustness(coloured: dict, geometric: dict):
     c, g = coloured["correct"], geometric["correct"]
     return claims.compare_accuracy(8, c["lit"] - c["val"], g["lit"] - g["val"],
                                    "accuracy lost to a change of lighting without colour augmentation minus with it "
-                                   "(geometry in both)")
+                                   "(geometry in both)" + _over_seeds(coloured))
 
 
 def verdict_workers(timings: dict):
