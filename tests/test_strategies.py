@@ -178,3 +178,43 @@ def test_freeze_batchnorm_keeps_statistics_through_training_mode(tmp_path):
     with torch.no_grad():
         net(torch.randn(4, 3, 32, 32) * 3 + 1)
     assert all(torch.equal(m.running_mean, b) for m, b in zip(bns, before))
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+def test_split_body_cuts_the_forward_pass_without_changing_it(backbone):
+    net = models.create(backbone, num_classes=2, pretrained=False).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        whole = net.body(x)
+        for group in (1, 2):
+            prefix, suffix = models.split_body(net, group)
+            assert torch.allclose(suffix(prefix(x)), whole, atol=1e-5)
+            first = next(iter(net.groups[group].parameters()))          # the cut is where the group starts
+            assert any(p is first for p in suffix.parameters()) and all(p is not first for p in prefix.parameters())
+    with pytest.raises(ValueError, match="cut at 1..2"):
+        models.split_body(net, 3)
+
+
+def test_last_blocks_on_cached_activations_takes_the_same_steps_as_on_images(tmp_path):
+    task = tiny_task(tmp_path, n_train=16, n_val=8)
+    on_images = S.last_blocks(task, epochs=2, lr=1e-3, fraction=0.5, head_epochs=1)
+    cached = S.last_blocks(task, epochs=2, lr=1e-3, fraction=0.5, head_epochs=1, cached=True)
+    assert cached["cached"] and cached["train_images"] == on_images["train_images"] == 8
+    assert cached["trainable_params"] == on_images["trainable_params"]
+    np.testing.assert_allclose(cached["history"]["val_loss"], on_images["history"]["val_loss"], rtol=1e-4)
+    np.testing.assert_array_equal(cached["correct"], on_images["correct"])
+    with pytest.raises(ValueError, match="augmentation"):
+        S.last_blocks(task, epochs=1, augment=True, cached=True)
+
+
+def test_over_seeds_averages_each_images_correctness_over_independent_runs(tmp_path):
+    task = tiny_task(tmp_path, n_train=24)
+    run = lambda t: S.precomputed_head(t, epochs=2, fraction=0.5)
+    merged = S.over_seeds(run, task, [0, 1, 2])
+    singles = [run(task.with_seed(s)) for s in (0, 1, 2)]
+    np.testing.assert_allclose(merged["correct"], np.mean([r["correct"] for r in singles], axis=0))
+    assert merged["acc"] == pytest.approx(np.mean([r["acc"] for r in singles]))
+    assert merged["acc_by_seed"] == [r["acc"] for r in singles] and merged["seeds"] == [0, 1, 2]
+    assert len({tuple(r["history"]["val_loss"].round(6)) for r in singles}) > 1   # the seeds really differ
+    with pytest.raises(ValueError, match="at least one seed"):
+        S.over_seeds(run, task, [])

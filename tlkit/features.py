@@ -29,7 +29,7 @@ FORMAT_VERSION = 1
 
 
 class FeatureSet(TensorDataset):
-    """Cached backbone outputs `x [N, D]` (float32) with labels `y [N]` (long); a TensorDataset.
+    """Cached backbone outputs `x [N, D]` (or activations `[N, C, H, W]`, float32) with labels `y [N]`.
 
     `compute_seconds` is what computing them cost the first time (kept in the cache file), and
     `from_cache` says whether this object was read from disk instead of computed.
@@ -37,8 +37,8 @@ class FeatureSet(TensorDataset):
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, key: str = "", classes: Sequence[str] = (),
                  compute_seconds: float = float("nan"), from_cache: bool = False, path: Path | None = None):
-        if x.dim() != 2 or y.dim() != 1 or len(x) != len(y):
-            raise ValueError(f"features must be [N, D] with labels [N]; got {tuple(x.shape)} and {tuple(y.shape)}")
+        if x.dim() < 2 or y.dim() != 1 or len(x) != len(y):
+            raise ValueError(f"features must be [N, D] (or [N, C, H, W]) with labels [N]; got {tuple(x.shape)} and {tuple(y.shape)}")
         super().__init__(x.float(), y.long())
         self.key, self.classes = key, list(classes)
         self.compute_seconds, self.from_cache, self.path = compute_seconds, from_cache, path

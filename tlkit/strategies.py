@@ -7,6 +7,7 @@ results table.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,18 @@ class Task:
         return (features.precompute(net, self.train_images(), **pre),
                 features.precompute(net, self.val_images(), **pre))
 
+    def activations(self, net: models.Net, group: int,
+                    progress: bool | None = None) -> tuple[features.FeatureSet, features.FeatureSet]:
+        """Training and validation outputs of `net`'s layer groups before `group` (from the disk cache when present)."""
+        prefix, _ = models.split_body(net, group)
+        front = models.Net(prefix, torch.nn.Identity(), [prefix, torch.nn.Identity()], 0, net.norm,
+                           f"{net.name}-to-group{group}", net.pretrained)
+        return self.features(front, progress)
+
+    def with_seed(self, seed: int) -> "Task":
+        """The same data with another seed: its own subsets, initial heads and batch order."""
+        return dataclasses.replace(self, seed=seed)
+
 
 def make_task(dataset: str = "hymenoptera", image_size: int = 96, backbone: str = "efficientnet_lite0",
               batch_size: int = 32, seed: int = 0, device: torch.device | str = "cpu",
@@ -215,21 +228,39 @@ def precomputed_head(task: Task, epochs: int = 5, lr: float = 3e-3, fraction: fl
 
 def fine_tune(task: Task, net: models.Net, strategy: str, train_from: int, epochs: int, lr, fraction: float = 1.0,
               augment: bool = False, head_epochs: int = 5, head_lr: float = 3e-3, keep_bn_stats: bool = True,
-              progress: bool | None = None, **extra) -> dict:
+              cached: bool = False, progress: bool | None = None, **extra) -> dict:
     """Head first, then unfreeze layer groups `train_from`.. : the usual recipe (fastai's `fine_tune`, Keras' guide).
 
     The new head is fitted with the body frozen (`head_epochs` on the cached features: nearly free), so no
     random head's large gradients reach the pretrained layers; then the unfrozen groups train with a
     one-cycle learning rate. `keep_bn_stats` keeps the ImageNet BatchNorm statistics (see `models.freeze_batchnorm`).
+    `cached` trains on the cached outputs of the frozen groups instead of on images: the same steps
+    (nothing before `train_from` changes, and no augmentation), far cheaper, so runs can be repeated.
     """
+    if cached and augment:
+        raise ValueError("cached=True keeps one view of each image; augmentation needs the images (cached=False)")
     head_seconds = 0.0
     if head_epochs:
         _, head_seconds = train_head_on_features(task, models.freeze(net), head_epochs, head_lr, fraction, progress)
     models.freeze_to(net, train_from)
     if keep_bn_stats:
         models.freeze_batchnorm(net)
-    return _train_images(net, task, strategy, epochs, lr, fraction, augment, progress, extra_seconds=head_seconds,
-                         head_epochs=head_epochs, keep_bn_stats=keep_bn_stats, **extra)
+    extra.update(head_epochs=head_epochs, keep_bn_stats=keep_bn_stats)
+    if not cached:
+        return _train_images(net, task, strategy, epochs, lr, fraction, augment, progress, extra_seconds=head_seconds,
+                             **extra)
+    train_a, val_a = task.activations(net, train_from, progress)
+    if fraction != 1:
+        train_a = train_a.subset(float(fraction), task.seed)
+    _, suffix = models.split_body(net, train_from)
+    top = models.Net(suffix, net.head, [suffix, net.head], net.feature_dim, net.norm, net.name, net.pretrained)
+    dls = features.FeatureLoaders(task.train_loader(train_a, fraction),
+                                  data.make_loader(val_a, task.batch_size, shuffle=False), task.classes)
+    learn = Learner(top, dls, device=task.device, progress=progress, channels_last=task.channels_last)
+    hist, seconds = _fit(learn, epochs, lr, one_cycle=True)
+    return result_row(strategy, learn, hist, seconds + head_seconds, len(train_a), fraction=fraction, augment=False,
+                      history=hist, cached=True, precompute_seconds=train_a.compute_seconds + val_a.compute_seconds,
+                      **extra)
 
 
 def last_blocks(task: Task, epochs: int = 2, lr: float = 3e-4, fraction: float = 1.0, augment: bool = False,
@@ -263,9 +294,29 @@ STRATEGIES: dict[str, Callable[..., dict]] = {
 
 # ---------------------------------------------------------------- tables
 
+def over_seeds(run: Callable[[Task], dict], task: Task, seeds: Sequence[int]) -> dict:
+    """`run(task)` once per seed (`task.with_seed`), merged into one row.
+
+    Why: one run of a strategy mixes its effect with the luck of one subset, head and batch order.
+    The merged row's `correct` is each validation image's correctness averaged over the seeds (the
+    images are the same, so two merged rows still compare image by image), `acc` the mean accuracy,
+    `seconds` the mean time of one run, and `acc_by_seed` every run's accuracy.
+    """
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("over_seeds needs at least one seed")
+    rows = [run(task.with_seed(seed)) for seed in seeds]
+    merged = dict(rows[0])
+    merged.update(acc=float(np.mean([r["acc"] for r in rows])), best_acc=float(np.mean([r["best_acc"] for r in rows])),
+                  seconds=float(np.mean([r["seconds"] for r in rows])),
+                  correct=np.mean([np.asarray(r["correct"], dtype=float) for r in rows], axis=0),
+                  acc_by_seed=[r["acc"] for r in rows], seeds=seeds)
+    return merged
+
+
 def results_table(rows: Sequence[dict]) -> pd.DataFrame:
     """Rows as a DataFrame without the per-epoch histories and per-image results (those stay in the rows)."""
-    return pd.DataFrame([{k: v for k, v in r.items() if k not in ("history", "correct")} for r in rows])
+    return pd.DataFrame([{k: v for k, v in r.items() if k not in ("history", "correct", "acc_by_seed")} for r in rows])
 
 
 def fraction_sweep(task: Task, fractions: Sequence[float], runs: dict[str, Callable[[float], dict]],
