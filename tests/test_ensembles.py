@@ -140,3 +140,47 @@ def test_outputs_vs_weights_reuses_member_logits_and_is_exact_for_identical_memb
     clones = [nets[0], copy.deepcopy(nets[0])]
     same = ensembles.outputs_vs_weights(clones, loader())
     assert same["weight_avg_acc"] == same["output_avg_acc"] == same["member_acc_mean"]
+
+
+# ---------------------------------------------------------------- claim 20: verdicts and cost against M
+
+def _logits_from_predictions(preds, k=3):
+    """Member logits [M, N, K] that predict `preds[m][n]` (one-hot times 5)."""
+    import torch
+    preds = torch.as_tensor(preds)
+    return torch.nn.functional.one_hot(preds, k).float() * 5
+
+
+def test_ensemble_gain_is_the_vote_minus_the_share_of_members_right():
+    import numpy as np
+    import torch
+    from tlkit import ensembles as E
+    targets = torch.zeros(600, dtype=torch.long)
+    # three members, each wrong on its own third of the images: the average is right everywhere
+    preds = torch.zeros(3, 600, dtype=torch.long)
+    for m in range(3):
+        preds[m, m * 200:(m + 1) * 200] = 1 + m % 2
+    logits = _logits_from_predictions(preds)
+    assert E.correct_matrix(logits, targets).mean() == pytest.approx(2 / 3)
+    v = E.verdict_ensemble_gain(logits, targets)
+    assert v.id == 20 and v.effect == pytest.approx(1 / 3) and v.verdict == "supported" and v.n == 600
+    same = _logits_from_predictions(preds[[0, 0, 0]])      # identical members: no gain, an interval of zero width
+    assert E.verdict_ensemble_gain(same, targets).effect == 0.0
+    weight_avg = _logits_from_predictions(torch.ones(600, dtype=torch.long))   # a collapsed weight average
+    w = E.verdict_outputs_vs_weights(logits, weight_avg, targets)
+    assert w.effect == pytest.approx(1.0) and w.verdict == "supported"
+    text = E.part_sentence(w, "outputs, not weights")
+    assert text.startswith("*Claim 20, outputs, not weights:* in this run,") and "**Claim" not in text
+    assert np.isclose(E.correct_matrix(logits, targets)[0, :200].sum(), 0)
+
+
+def test_cost_vs_members_grows_with_the_members():
+    import torch
+    from torch import nn
+    from tlkit import ensembles as E
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 10)) for _ in range(4)]
+    table = E.cost_vs_members(nets, torch.randn(64, 256), repeats=4)
+    assert list(table["members"]) == [1, 2, 3, 4]
+    assert (table["cost_low"] <= table["cost_ratio"]).all() and (table["cost_ratio"] <= table["cost_high"]).all()
+    assert table["cost_ratio"].iloc[-1] > 2          # four networks of the same size cost several times one

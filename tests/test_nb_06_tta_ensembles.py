@@ -1,39 +1,56 @@
-"""Lesson 06 executes in the quick preset and shows TTA, ensembles, weight averaging and their cost."""
+"""Lesson 06 executes in the quick preset: TTA, ensembles of really different members, weight averaging,
+measured costs, and the verdicts on claims 20-22."""
 import pytest
+
+from support import recorded_claims
 
 pytestmark = pytest.mark.notebook
 
 
-def test_tta_and_ensembles_keep_accuracy_and_cost_more(lesson_metrics):
+def test_claims_20_to_22_are_recorded(lesson_metrics):
+    """Whether TTA or the ensemble helps is what the verdicts report; only their bookkeeping is checked here."""
     m = lesson_metrics("06")
-    assert m["acc_single"] >= 0.8, "the fine-tuned single model should classify well above chance"
-    # on ~150 validation images one image is 0.007: TTA and ensembles must not hurt by more than a few images
-    for name in ("acc_flip_tta", "acc_tencrop_tta", "acc_ensemble"):
-        assert m[name] >= m["acc_single"] - 0.03, name
-    # ten views and M full networks cost several times one forward pass (measured in the same run)
-    assert m["tta_cost_ratio"] > 3
-    assert m["ensemble_cost_ratio"] > 1.5
+    verdicts = recorded_claims(m, [20, 21, 22])
+    assert verdicts[21]["n"] == verdicts[22]["n"] == m["n_val"]
+    members = m["members_table"]
+    assert verdicts[20]["n"] >= 500                   # digits, half held out: ~900 validation images
+    # the recorded gain is the M-member ensemble's accuracy minus the mean member's (same images)
+    assert verdicts[20]["effect"] == pytest.approx(members[-1]["acc"] - members[-1]["single_acc_mean"], abs=2e-4)
+
+
+def test_costs_are_measured_with_intervals(lesson_metrics):
+    """Ten views cost several single passes, M networks several networks: the timings' intervals show it."""
+    m = lesson_metrics("06")
+    low, high = m["tta_cost_interval"]
+    assert low <= m["tta_cost_ratio"] <= high and low > 2
+    members = m["members_table"]
+    assert [row["members"] for row in members] == list(range(1, len(members) + 1)) and len(members) >= 2
+    for row in members:
+        assert row["cost_low"] <= row["cost_ratio"] <= row["cost_high"]
+    assert members[-1]["cost_low"] > 1.5              # M >= 2 networks are timed at more than one
 
 
 def test_average_outputs_not_weights(lesson_metrics):
     m = lesson_metrics("06")
-    # networks from different random inits: averaging outputs works, averaging weights collapses
-    assert m["acc_output_avg_scratch"] >= m["acc_scratch_members_min"] - 0.02
+    # networks from different random inits: averaging weights collapses towards chance (10 classes)
     assert m["acc_weight_avg_scratch"] < m["acc_scratch_members_min"] - 0.3
-    assert m["acc_weight_avg_scratch"] < 0.4
-    # fine-tunes of one start (model soup) and snapshots of one run: averaging weights works
-    assert m["acc_weight_avg_finetuned"] >= m["acc_finetuned_members_min"] - 0.03
-    assert m["acc_weight_avg_finetuned_digits"] > 0.85
+    # fine-tunes of one start (a soup) and snapshots of one run: averaging weights keeps a working network
+    assert m["acc_weight_avg_finetuned_digits"] >= m["acc_finetuned_digits_members_min"] - 0.05
     assert m["acc_weight_avg_snapshots"] >= m["acc_snapshot_members_min"] - 0.05
 
 
 def test_tta_bookkeeping_is_consistent(lesson_metrics):
     m = lesson_metrics("06")
+    assert m["acc_single"] >= 0.75, "the pretrained body + head should classify well above chance (0.5)"
     # ten-crop changes accuracy by exactly (images fixed - images broken) / validation images
     assert m["acc_tencrop_tta"] - m["acc_single"] == pytest.approx((m["tta_fixed"] - m["tta_broken"]) / m["n_val"],
                                                                    abs=1e-6)
     assert 0 <= m["merge_disagreements"] <= m["n_val"]
-    heads = m["acc_vs_members"]["heads on features"]
+    heads = m["acc_vs_members"][next(k for k in m["acc_vs_members"] if "heads" in k)]
     assert [row["members"] for row in heads] == list(range(1, len(heads) + 1))
     cost = {row["method"]: row for row in m["cost_table"]}
     assert cost["ten-crop TTA"]["ms_per_image"] > 2 * cost["flip TTA"]["ms_per_image"]
+
+
+def test_quick_preset_fits_binder(lesson_result):
+    assert lesson_result("06").peak_mb < 1536

@@ -164,3 +164,31 @@ def test_seconds_per_image_is_positive_and_restores_mode():
     net = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)).train()
     s = tta.seconds_per_image(net, torch.randn(4, 3, 2, 2), views=3, repeats=2)
     assert s > 0 and math.isfinite(s) and net.training
+
+
+# ---------------------------------------------------------------- verdicts and measured cost
+
+def test_verdict_tta_is_paired_over_images():
+    import torch
+    from tlkit import tta as TT
+    targets = torch.zeros(400, dtype=torch.long)
+    plain = torch.tensor([[0.9, 0.1]] * 300 + [[0.2, 0.8]] * 100)
+    fixed = plain.clone()
+    fixed[300:380] = torch.tensor([0.7, 0.3])                  # TTA fixes 80 of the 100 errors
+    v = TT.verdict_tta(21, plain, fixed, targets, "ten-crop minus plain")
+    assert v.id == 21 and v.effect == pytest.approx(0.2) and v.verdict == "supported" and v.n == 400
+    assert TT.verdict_tta(22, fixed, plain, targets, "x").verdict == "contradicted"
+    assert TT.correct_of(plain, targets).sum() == 300
+
+
+def test_cost_ratio_of_ten_views_is_about_ten():
+    import torch
+    from torch import nn
+    from tlkit import tta as TT
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2048), nn.ReLU(), nn.Linear(2048, 2))
+    cost = TT.cost_ratio(net, net, torch.randn(16, 3, 16, 16), views=10, repeats=4)
+    assert cost["low"] <= cost["ratio"] <= cost["high"] and len(cost["slow_s"]) == len(cost["fast_s"]) == 4
+    assert 3 < cost["ratio"] < 30                                # ten passes, on a shared machine
+    assert "timings of each" in TT.cost_sentence("ten-crop", cost, "10x.")
+    assert len(TT.timings(net, torch.randn(4, 3, 16, 16), views=2, repeats=3)) == 3

@@ -12,6 +12,7 @@ import contextlib
 import copy
 from typing import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,8 @@ from .tta import accuracy, merge, model_device
 __all__ = ["Ensemble", "member_logits", "ensemble_predict", "accuracy_of", "accuracy_vs_members",
            "plot_accuracy_vs_members", "average_state_dicts", "average_weights", "interpolate_weights",
            "interpolation_curve", "outputs_vs_weights", "plot_interpolation", "load_snapshots", "fit_seeds",
-           "train_heads", "tiny_cnn", "tensor_loaders"]
+           "train_heads", "tiny_cnn", "tensor_loaders", "correct_matrix", "verdict_ensemble_gain",
+           "verdict_outputs_vs_weights", "cost_vs_members", "part_sentence"]
 
 
 class Ensemble(nn.Module):
@@ -305,3 +307,54 @@ def tensor_loaders(splits, transform: Callable, batch_size: int = 64, seed: int 
 
     return FeatureLoaders(make_loader(stack(splits.train), batch_size, True, seed=seed),
                           make_loader(stack(splits.val), 2 * batch_size, False), list(splits.classes))
+
+
+# ---------------------------------------------------------------- verdicts on claim 20 and the cost of M members
+
+def correct_matrix(logits: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """Per-member, per-image correctness `[M, N]` (1.0 / 0.0) of members' logits `[M, N, K]`."""
+    return (logits.argmax(-1) == targets[None, :]).float().numpy()
+
+
+def verdict_ensemble_gain(logits: torch.Tensor, targets: torch.Tensor, what: str = ""):
+    """Claim 20: the output average of all M members minus a single member, paired over the images.
+
+    Per image: correct(ensemble) minus the share of members that are right, i.e. the gain over a
+    member picked at random; the interval is a bootstrap over images.
+    """
+    from . import claims
+    ensemble = (merge(logits, "prob", dim=0).argmax(-1) == targets).float().numpy()
+    diff = ensemble - correct_matrix(logits, targets).mean(0)
+    effect, low, high = claims.bootstrap_sum([(1.0, diff)])
+    return claims.judge(20, effect, (low, high), len(diff),
+                        what or f"the average of {len(logits)} members' probabilities minus a single member, "
+                                "validation accuracy")
+
+
+def verdict_outputs_vs_weights(logits: torch.Tensor, weight_avg_logits: torch.Tensor, targets: torch.Tensor,
+                               what: str = ""):
+    """Claim 20's 'outputs, not weights': the members' output average minus their weight average, per image."""
+    from . import claims
+    outputs = (merge(logits, "prob", dim=0).argmax(-1) == targets).float().numpy()
+    weights = (weight_avg_logits.argmax(-1) == targets).float().numpy()
+    return claims.compare_accuracy(20, outputs, weights,
+                                   what or f"the average of {len(logits)} members' outputs minus the network with "
+                                           "their averaged weights, validation accuracy")
+
+
+def cost_vs_members(models: Sequence[nn.Module], batch: torch.Tensor, repeats: int = 5) -> pd.DataFrame:
+    """Measured cost of the output average of the first m members against one member, m = 1..M, with intervals."""
+    from .tta import cost_ratio
+    rows = []
+    for m in range(1, len(models) + 1):
+        c = cost_ratio(list(models[:m]), models[0], batch, 1, repeats)
+        rows.append({"members": m, "ms_per_image": 1000 * float(np.median(c["slow_s"])), "cost_ratio": c["ratio"],
+                     "cost_low": c["low"], "cost_high": c["high"]})
+    return pd.DataFrame(rows)
+
+
+def part_sentence(verdict, label: str) -> str:
+    """Markdown for one more part of a claim, judged like the claim (not recorded as the claim's verdict)."""
+    text = verdict.sentence()
+    body = text.split("In this run, ", 1)[1]
+    return f"*Claim {verdict.id}, {label}:* in this run, {body}"

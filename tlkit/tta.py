@@ -25,7 +25,8 @@ from .validate import check_choice, check_fraction, check_positive_int, check_un
 
 __all__ = ["VIEW_COUNTS", "TEN_CROP_NAMES", "TEN_CROP_SUBSETS", "MERGES", "crop_views", "CropViews", "AugViews",
            "view_transform", "aug_transform", "views_of", "view_panels", "predict_views", "merge", "blend",
-           "accuracy", "tta_logits", "tta_table", "fixed_and_broken", "seconds_per_image", "model_device"]
+           "accuracy", "tta_logits", "tta_table", "fixed_and_broken", "seconds_per_image", "timings", "cost_ratio", "cost_sentence",
+           "correct_of", "verdict_tta", "model_device"]
 
 VIEW_COUNTS = {"center": 1, "flip": 2, "five": 5, "ten": 10}
 # torchvision's fixed ten-crop order: four corners and the centre, then the same five crops of the mirrored
@@ -258,9 +259,9 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def seconds_per_image(models: nn.Module | Sequence[nn.Module], batch: torch.Tensor, views: int = 1,
-                      repeats: int = 3, warmup: int = 1, max_batch: int | None = None) -> float:
-    """Median wall time per *image* to run every model on `views` copies of each image in `batch`.
+def timings(models: nn.Module | Sequence[nn.Module], batch: torch.Tensor, views: int = 1, repeats: int = 3,
+            warmup: int = 1, max_batch: int | None = None) -> list[float]:
+    """Wall time per *image* of each of `repeats` runs of every model on `views` copies of each image in `batch`.
 
     Only the network's work is timed (the views are built once beforehand), which is what grows
     with TTA's k and the ensemble's M; decoding and resizing the image are paid once either way.
@@ -285,8 +286,49 @@ def seconds_per_image(models: nn.Module | Sequence[nn.Module], batch: torch.Tens
                     m(chunk)
                 _sync(x.device)
             if r >= warmup:
-                times.append(time.perf_counter() - t0)
-    return float(np.median(times)) / len(batch)
+                times.append((time.perf_counter() - t0) / len(batch))
+    return times
+
+
+def seconds_per_image(models: nn.Module | Sequence[nn.Module], batch: torch.Tensor, views: int = 1,
+                      repeats: int = 3, warmup: int = 1, max_batch: int | None = None) -> float:
+    """Median of `timings`: wall time per image to run every model on `views` copies of each image."""
+    return float(np.median(timings(models, batch, views, repeats, warmup, max_batch)))
+
+
+def cost_ratio(slow: nn.Module | Sequence[nn.Module], fast: nn.Module, batch: torch.Tensor, views: int = 1,
+               repeats: int = 5) -> dict:
+    """How many times one prediction of `slow` (on `views` views) costs one plain prediction of `fast`.
+
+    The two are timed in alternation, `repeats` times each, so a machine that slows down for a while
+    slows both; the interval is a bootstrap over the repeated timings (`claims.ratio_interval`).
+    """
+    from .claims import ratio_interval
+    slow_t, fast_t = [], []
+    for r in range(repeats):
+        fast_t += timings(fast, batch, 1, repeats=1, warmup=1 if r == 0 else 0)
+        slow_t += timings(slow, batch, views, repeats=1, warmup=1 if r == 0 else 0)
+    ratio, low, high = ratio_interval(slow_t, fast_t)
+    return {"ratio": ratio, "low": low, "high": high, "slow_s": slow_t, "fast_s": fast_t, "n": repeats}
+
+
+def cost_sentence(name: str, cost: dict, notes_say: str) -> str:
+    """Markdown: a measured cost ratio with its interval next to what the notes say."""
+    return (f"*Cost:* {name} took **{cost['ratio']:.1f}x** the time of one plain prediction (95 % interval "
+            f"{cost['low']:.1f} to {cost['high']:.1f}, {cost.get('n') or len(cost['slow_s'])} timings of each). "
+            f"The notes say: {notes_say}")
+
+
+def correct_of(probs: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """Per-image correctness (1.0 / 0.0) of merged probabilities `[N, K]`."""
+    return (probs.argmax(-1) == targets).float().numpy()
+
+
+def verdict_tta(claim_id: int, plain_probs: torch.Tensor, tta_probs: torch.Tensor, targets: torch.Tensor,
+                what: str):
+    """Verdict on 'TTA is more accurate than the plain prediction', paired over the validation images."""
+    from .claims import compare_accuracy
+    return compare_accuracy(claim_id, correct_of(tta_probs, targets), correct_of(plain_probs, targets), what)
 
 
 def plot_accuracy_vs_cost(table: pd.DataFrame, x: str = "ms_per_image", y: str = "acc", label: str = "method",
