@@ -97,8 +97,10 @@ def test_report_records_one_entry_per_claim(monkeypatch):
 def test_unknown_claims_and_bad_inputs_are_refused():
     with pytest.raises(KeyError, match="no claim 30"):
         claims.judge(30, 0.1, (0, 1), 1, "x")
-    with pytest.raises(ValueError, match="equal-length"):
+    with pytest.raises(ValueError, match="equal-shape"):
         claims.paired_bootstrap([1, 0, 1], [1, 0])
+    with pytest.raises(ValueError, match="at least two images"):
+        claims.bootstrap_sum([(1.0, np.zeros((2, 3, 4)))])
     with pytest.raises(ValueError, match="low > high"):
         claims.verdict_of(0.2, 0.1)
 
@@ -136,3 +138,36 @@ def test_a_verdict_at_the_edge_of_its_interval_says_it_is_fragile():
     assert "would settle it with room to spare" in edge.sentence()
     firm = claims.judge(1, 0.45, (0.36, 0.54), 153, "head minus scratch")
     assert firm.fragile() == "" and "another seed" not in firm.sentence()
+
+
+def runs_and_images(run_offsets, n_images=150, effect=0.05, seed=0):
+    """`[runs, images]` paired differences: a true effect, one offset per training run, image noise."""
+    rng = np.random.default_rng(seed)
+    image_noise = rng.normal(0, 0.5, (len(run_offsets), n_images))
+    return effect + np.asarray(run_offsets, dtype=float)[:, None] + image_noise
+
+
+def test_identical_runs_give_the_image_only_interval():
+    row = runs_and_images([0.0])[0]
+    _, low1, high1 = claims.bootstrap_sum([(1.0, row)])
+    _, low2, high2 = claims.bootstrap_sum([(1.0, np.stack([row, row, row]))])
+    assert (high2 - low2) == pytest.approx(high1 - low1, rel=0.1)
+
+
+def test_runs_that_disagree_widen_the_interval_past_what_images_alone_say():
+    """Two runs of +0.35 and -0.25 around a 0.05 effect: over images alone the mean looks settled; over runs it is not."""
+    d = runs_and_images([0.35, -0.25, 0.35, -0.25], n_images=400)
+    _, low_images, _ = claims.bootstrap_sum([(1.0, d.mean(axis=0))])
+    effect, low, high = claims.bootstrap_sum([(1.0, d)])
+    assert low_images > 0 > low and effect == pytest.approx(d.mean())
+    assert claims.compare_accuracy(3, d + 1, np.ones_like(d), "x").n == 400      # n counts images, not runs
+
+
+def test_runs_and_images_interval_covers_the_true_effect_at_about_its_rate():
+    hits = 0
+    for trial in range(200):
+        rng = np.random.default_rng(1000 + trial)
+        d = runs_and_images(rng.normal(0, 0.08, 6), n_images=100, seed=trial)
+        _, low, high = claims.bootstrap_sum([(1.0, d)], n_boot=1000, seed=trial)
+        hits += low <= 0.05 <= high
+    assert 0.85 <= hits / 200 <= 0.995

@@ -105,3 +105,19 @@ def test_reloaded_weights_predict_the_same(tmp_path):
     with torch.no_grad():
         learn.net.weight.mul_(-1)                    # the weights in memory moved on: predictions differ
     assert snapshots.verdict_reload(learn, path).verdict != SUPPORTED
+
+
+def test_more_data_verdict_resamples_the_seeds_when_the_sweep_has_them():
+    """Seeds that disagree (gains of +0.25 and -0.15) average to a 'settled' +0.05 over images, not over runs."""
+    rng = np.random.default_rng(5)
+    table = sweep(rng, {0.1: {B: 0.7, C: 0.7}, 1.0: {B: 0.7, C: 0.7}}, n=2000)
+    gains = [0.25, -0.15, 0.25, -0.15]
+    by_seed = {}
+    for (strategy, fraction), base in (((B, 0.1), 0.7), ((C, 0.1), 0.7), ((B, 1.0), 0.7)):
+        by_seed[(strategy, fraction)] = np.stack([correct(rng, 2000, base) for _ in gains])
+    by_seed[(C, 1.0)] = np.stack([correct(rng, 2000, 0.7 + g) for g in gains])
+    table["correct_by_seed"] = [by_seed[(r.strategy, r.fraction)] for r in table.itertuples()]
+    v = S.verdict_more_data(table)
+    assert v.effect == pytest.approx(np.mean(gains), abs=0.03) and v.verdict == NOT_SHOWN and v.n == 2000
+    collapsed = table.assign(correct=[a.mean(axis=0) for a in table["correct_by_seed"]]).drop(columns="correct_by_seed")
+    assert S.verdict_more_data(collapsed).verdict == SUPPORTED      # what one interval over images would claim

@@ -350,8 +350,9 @@ def compare_augmentations(train_images, val_images, train_tfms: dict, eval_tf, l
 
     Each result holds the histories (one per seed) and per-image correctness on the clean training
     images, the validation images, and the validation images under a seeded change of lighting (the
-    same changed images for every model), averaged over the seeds. Why seeds: one from-scratch run
-    per setting mixes the setting's effect with the luck of one initialisation.
+    same changed images for every model): `correct` averaged over the seeds, `correct_by_seed` as
+    `[seeds, images]` for the verdicts. Why seeds: one from-scratch run per setting mixes the
+    setting's effect with the luck of one initialisation.
     """
     from .data import DataLoaders, make_loader
     from .train import Learner
@@ -375,7 +376,8 @@ def compare_augmentations(train_images, val_images, train_tfms: dict, eval_tf, l
                     learn.evaluate(loader)
                 correct[part].append(learn.last_correct.numpy().astype(float))
         results[name] = {"history": mean_history(histories), "histories": histories, "seeds": seeds,
-                         "correct": {part: np.mean(rows, axis=0) for part, rows in correct.items()}}
+                         "correct": {part: np.mean(rows, axis=0) for part, rows in correct.items()},
+                         "correct_by_seed": {part: np.stack(rows) for part, rows in correct.items()}}
     return results
 
 
@@ -385,17 +387,22 @@ def mean_history(histories: list) -> "pd.DataFrame":
     return pd.concat(histories).groupby("epoch", as_index=False).mean(numeric_only=True)
 
 
+def _by_seed(run: dict) -> dict:
+    """`{part: [seeds, images]}` correctness (a run without seeds counts as one)."""
+    return run.get("correct_by_seed") or {k: np.asarray(v, dtype=float)[None, :] for k, v in run["correct"].items()}
+
+
 def _over_seeds(run: dict) -> str:
     n = len(run.get("seeds", [0]))
-    return f", each image's correctness averaged over {n} seeds" if n > 1 else ""
+    return f", {n} seeds per setting (the interval resamples seeds and images)" if n > 1 else ""
 
 
 def verdict_fights_overfitting(plain: dict, augmented: dict):
     """Claim 10: the train-minus-validation gap without augmentation minus the gap with it."""
     from . import claims
-    p, a = plain["correct"], augmented["correct"]
+    p, a = _by_seed(plain), _by_seed(augmented)
     effect, low, high = claims.bootstrap_sum([(1.0, p["train"] - a["train"]), (-1.0, p["val"] - a["val"])])
-    return claims.judge(10, effect, (low, high), len(p["val"]),
+    return claims.judge(10, effect, (low, high), p["val"].shape[-1],
                         "the generalisation gap (clean training minus validation accuracy) without augmentation "
                         f"minus the gap with it{_over_seeds(plain)}")
 
@@ -403,7 +410,7 @@ def verdict_fights_overfitting(plain: dict, augmented: dict):
 def verdict_geometry_helps(geometric: dict, plain: dict):
     """Claim 7: validation accuracy with crops, mirrors and rotations minus without any augmentation."""
     from . import claims
-    return claims.compare_accuracy(7, geometric["correct"]["val"], plain["correct"]["val"],
+    return claims.compare_accuracy(7, _by_seed(geometric)["val"], _by_seed(plain)["val"],
                                    "crop + mirror + rotation minus no augmentation, validation accuracy"
                                    + _over_seeds(plain))
 
@@ -411,7 +418,7 @@ def verdict_geometry_helps(geometric: dict, plain: dict):
 def verdict_colour_robustness(coloured: dict, geometric: dict):
     """Claim 8: how much less accuracy colour augmentation loses when the lighting changes."""
     from . import claims
-    c, g = coloured["correct"], geometric["correct"]
+    c, g = _by_seed(coloured), _by_seed(geometric)
     return claims.compare_accuracy(8, c["lit"] - c["val"], g["lit"] - g["val"],
                                    "accuracy lost to a change of lighting without colour augmentation minus with it "
                                    "(geometry in both)" + _over_seeds(coloured))

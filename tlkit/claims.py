@@ -162,15 +162,27 @@ def bootstrap_sum(parts: Sequence[tuple[float, Sequence]], n_boot: int = 4000, s
 
     Each x_k holds one number per image (e.g. correct_a - correct_b on the same images, which keeps
     the pairing); independent sets of images (training and validation) are resampled independently.
+    A part may also be `[runs, images]`, one row per training seed. Then every draw resamples the
+    runs as well as the images, with one draw of the runs shared by all parts that have as many rows
+    (they are the same runs). Why: an interval over images alone says nothing about what another
+    training run would give, and a verdict that a second seed overturns was never settled.
     """
     rng = np.random.default_rng(seed)
-    effect, draws = 0.0, np.zeros(n_boot)
+    effect, draws, run_draws = 0.0, np.zeros(n_boot), {}
     for weight, values in parts:
         x = np.asarray(values, dtype=float)
-        if x.ndim != 1 or len(x) < 2:
-            raise ValueError(f"need a 1-D array of at least two per-image values, got shape {x.shape}")
+        if x.ndim not in (1, 2) or x.shape[-1] < 2 or x.size == 0:
+            raise ValueError(f"need per-image values [images] or [runs, images] with at least two images, "
+                             f"got shape {x.shape}")
         effect += weight * x.mean()
-        draws += weight * x[rng.integers(0, len(x), (n_boot, len(x)))].mean(axis=1)
+        if x.ndim == 1:
+            draws += weight * x[rng.integers(0, len(x), (n_boot, len(x)))].mean(axis=1)
+            continue
+        runs, n = x.shape
+        if runs not in run_draws:
+            run_draws[runs] = rng.multinomial(runs, np.full(runs, 1 / runs), size=n_boot) / runs
+        image_w = rng.multinomial(n, np.full(n, 1 / n), size=n_boot) / n
+        draws += weight * np.einsum("br,rn,bn->b", run_draws[runs], x, image_w)
     tail = (1 - level) / 2
     return float(effect), float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))
 
@@ -180,11 +192,13 @@ def paired_bootstrap(correct_a: Sequence, correct_b: Sequence, n_boot: int = 400
     """Accuracy of A minus accuracy of B on the same images, with a percentile bootstrap interval over images.
 
     Why paired: both models saw the same images, so resampling images keeps the images' shared
-    difficulty and gives a much narrower (and honest) interval than two separate ones.
+    difficulty and gives a much narrower (and honest) interval than two separate ones. With
+    `[runs, images]` (row i of A and of B from the same seed) the runs are resampled too.
     """
     a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"need two equal-length 1-D arrays of per-image correctness, got {a.shape} and {b.shape}")
+    if a.shape != b.shape or a.ndim not in (1, 2):
+        raise ValueError(f"need two equal-shape arrays of per-image correctness ([images] or [runs, images]), "
+                         f"got {a.shape} and {b.shape}")
     return bootstrap_sum([(1.0, a - b)], n_boot, seed, level)
 
 
@@ -226,7 +240,7 @@ def compare_accuracy(claim_id: int, correct_as_notes_say: Sequence, correct_othe
                      seed: int = 0) -> Verdict:
     """Verdict on 'A is more accurate than B' from per-image correctness on the same images (paired bootstrap)."""
     effect, low, high = paired_bootstrap(correct_as_notes_say, correct_other, seed=seed)
-    return judge(claim_id, effect, (low, high), len(correct_other), what)
+    return judge(claim_id, effect, (low, high), np.shape(correct_other)[-1], what)
 
 
 def share_above(claim_id: int, successes: int, n: int, bar: float, what: str) -> Verdict:

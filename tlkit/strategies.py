@@ -298,25 +298,26 @@ def over_seeds(run: Callable[[Task], dict], task: Task, seeds: Sequence[int]) ->
     """`run(task)` once per seed (`task.with_seed`), merged into one row.
 
     Why: one run of a strategy mixes its effect with the luck of one subset, head and batch order.
-    The merged row's `correct` is each validation image's correctness averaged over the seeds (the
-    images are the same, so two merged rows still compare image by image), `acc` the mean accuracy,
-    `seconds` the mean time of one run, and `acc_by_seed` every run's accuracy.
+    The merged row's `correct` is each validation image's correctness averaged over the seeds,
+    `correct_by_seed` the `[seeds, images]` array the verdicts resample (runs and images), `acc` the
+    mean accuracy, `seconds` the mean time of one run, and `acc_by_seed` every run's accuracy.
     """
     seeds = list(seeds)
     if not seeds:
         raise ValueError("over_seeds needs at least one seed")
     rows = [run(task.with_seed(seed)) for seed in seeds]
+    by_seed = np.stack([np.asarray(r["correct"], dtype=float) for r in rows])
     merged = dict(rows[0])
     merged.update(acc=float(np.mean([r["acc"] for r in rows])), best_acc=float(np.mean([r["best_acc"] for r in rows])),
-                  seconds=float(np.mean([r["seconds"] for r in rows])),
-                  correct=np.mean([np.asarray(r["correct"], dtype=float) for r in rows], axis=0),
-                  acc_by_seed=[r["acc"] for r in rows], seeds=seeds)
+                  seconds=float(np.mean([r["seconds"] for r in rows])), correct=by_seed.mean(axis=0),
+                  correct_by_seed=by_seed, acc_by_seed=[r["acc"] for r in rows], seeds=seeds)
     return merged
 
 
 def results_table(rows: Sequence[dict]) -> pd.DataFrame:
     """Rows as a DataFrame without the per-epoch histories and per-image results (those stay in the rows)."""
-    return pd.DataFrame([{k: v for k, v in r.items() if k not in ("history", "correct", "acc_by_seed")} for r in rows])
+    hidden = ("history", "correct", "correct_by_seed", "acc_by_seed")
+    return pd.DataFrame([{k: v for k, v in r.items() if k not in hidden} for r in rows])
 
 
 def fraction_sweep(task: Task, fractions: Sequence[float], runs: dict[str, Callable[[float], dict]],
@@ -333,7 +334,8 @@ def fraction_sweep(task: Task, fractions: Sequence[float], runs: dict[str, Calla
             label = NAMES.get(name, name)
             row = known.get((label, fraction)) or run(fraction)
             rows.append({"strategy": label, "fraction": fraction, "train_images": row["train_images"],
-                         "acc": row["acc"], "seconds": row["seconds"], "correct": row.get("correct")})
+                         "acc": row["acc"], "seconds": row["seconds"], "correct": row.get("correct"),
+                         "correct_by_seed": row.get("correct_by_seed")})
     return pd.DataFrame(rows)
 
 
@@ -400,6 +402,19 @@ def _correct(row) -> np.ndarray:
     return np.asarray(row["correct"], dtype=float)
 
 
+def _runs(row) -> np.ndarray:
+    """`[runs, images]` correctness: every seed of an `over_seeds` row, or the one run of a single row."""
+    by_seed = row.get("correct_by_seed")
+    if by_seed is None or np.ndim(by_seed) == 0:      # a single run (None, or NaN once in a DataFrame)
+        return _correct(row)[None, :]
+    return np.asarray(by_seed, dtype=float)
+
+
+def _seeds_note(*rows) -> str:
+    n = max(len(_runs(r)) for r in rows)
+    return f", {n} seeds per run repeated (the interval resamples seeds and images)" if n > 1 else ""
+
+
 def verdict_head_vs_scratch(frozen: dict, scratch_row: dict) -> claims.Verdict:
     """Claim 1: a new head on the frozen pretrained body against the same network from scratch, same epochs."""
     return claims.compare_accuracy(1, _correct(frozen), _correct(scratch_row),
@@ -416,7 +431,7 @@ def verdict_precompute_speed(frozen: dict, precomputed: dict) -> claims.Verdict:
 
 
 def _at(sweep: pd.DataFrame, strategy: str, fraction: float) -> np.ndarray:
-    return _correct(sweep[(sweep["strategy"] == strategy) & (sweep["fraction"] == fraction)].iloc[0])
+    return _runs(sweep[(sweep["strategy"] == strategy) & (sweep["fraction"] == fraction)].iloc[0])
 
 
 def verdict_more_data(sweep: pd.DataFrame, more=NAMES["last_blocks"], fewer=NAMES["precomputed_head"]) -> claims.Verdict:
@@ -427,17 +442,17 @@ def verdict_more_data(sweep: pd.DataFrame, more=NAMES["last_blocks"], fewer=NAME
     effect, low, high = claims.paired_bootstrap(gain_lots, gain_little)
     n_lots = int(sweep[sweep["fraction"] == lots]["train_images"].iloc[0])
     n_little = int(sweep[sweep["fraction"] == little]["train_images"].iloc[0])
-    return claims.judge(3, effect, (low, high), len(gain_lots),
+    return claims.judge(3, effect, (low, high), gain_lots.shape[-1],
                         f"the gain of {more[:1]} over {fewer[:1]} with {n_lots} training images minus its gain with "
-                        f"{n_little}, validation accuracy")
+                        f"{n_little}, validation accuracy{_seeds_note(*sweep.to_dict('records'))}")
 
 
 def verdict_own_hidden(kept: dict, hidden: dict, margin: float = 0.05) -> claims.Verdict:
     """Claim 4 (either way works): your own hidden layer loses less than `margin` against keeping the last layers."""
-    effect, low, high = claims.paired_bootstrap(_correct(hidden), _correct(kept))
-    return claims.judge(4, effect + margin, (low + margin, high + margin), len(_correct(kept)),
+    effect, low, high = claims.paired_bootstrap(_runs(hidden), _runs(kept))
+    return claims.judge(4, effect + margin, (low + margin, high + margin), _runs(kept).shape[-1],
                         f"(c') own hidden layer minus (c) kept last layers, plus a {margin * 100:.0f}-point margin "
-                        "(positive: replacing them costs less than the margin)")
+                        f"(positive: replacing them costs less than the margin){_seeds_note(kept, hidden)}")
 
 
 def verdict_train_all(full: dict, scratch_row: dict) -> claims.Verdict:
@@ -455,12 +470,14 @@ def verdict_table(similar: pd.DataFrame, dissimilar: pd.DataFrame) -> claims.Ver
         for amount, fraction in (("little", sweep["fraction"].min()), ("lots", sweep["fraction"].max())):
             advised = ADVISED[(domain, amount)]
             others = [s for s in sweep["strategy"].unique() if s != advised]
-            cells.append(_at(sweep, advised, fraction) - np.mean([_at(sweep, s, fraction) for s in others], axis=0))
-        parts.append((0.5, np.mean(cells, axis=0)))     # both cells of a domain share its validation images
-        n += len(cells[0])
+            other_mean = sum(_at(sweep, s, fraction) for s in others) / len(others)   # a single run broadcasts
+            cells.append(_at(sweep, advised, fraction) - other_mean)
+        parts.append((0.5, (cells[0] + cells[1]) / 2))   # both cells of a domain share its validation images
+        n += cells[0].shape[-1]
     effect, low, high = claims.bootstrap_sum(parts)
+    note = _seeds_note(*similar.to_dict("records"), *dissimilar.to_dict("records"))
     return claims.judge(6, effect, (low, high), n, "the advised strategy minus the mean of the other two, "
-                                                   "averaged over the four cells, validation accuracy")
+                                                   f"averaged over the four cells, validation accuracy{note}")
 
 
 def verdict_cache_freezes_views(spread: dict) -> claims.Verdict:
