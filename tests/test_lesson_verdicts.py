@@ -121,3 +121,13 @@ def test_more_data_verdict_resamples_the_seeds_when_the_sweep_has_them():
     assert v.effect == pytest.approx(np.mean(gains), abs=0.03) and v.verdict == NOT_SHOWN and v.n == 2000
     collapsed = table.assign(correct=[a.mean(axis=0) for a in table["correct_by_seed"]]).drop(columns="correct_by_seed")
     assert S.verdict_more_data(collapsed).verdict == SUPPORTED      # what one interval over images would claim
+
+
+def test_sgdr_vs_step_resamples_the_seeds():
+    rng = np.random.default_rng(6)
+    step = np.stack([correct(rng, 1000, 0.8) for _ in range(4)])
+    steady = np.stack([correct(rng, 1000, 0.85) for _ in range(4)])
+    assert schedules.verdict_sgdr_beats_step(steady, step).verdict == SUPPORTED
+    swings = np.stack([correct(rng, 1000, acc) for acc in (0.95, 0.7, 0.95, 0.7)])   # mean +0.025, runs +-0.125
+    v = schedules.verdict_sgdr_beats_step(swings, step)
+    assert v.verdict == NOT_SHOWN and v.n == 1000

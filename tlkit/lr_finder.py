@@ -585,12 +585,14 @@ def rule_losses(make_learner, rules, epochs: int, seeds, loader, **find_kwargs) 
 
 
 def verdict_min10_vs_steep(loss_min10: np.ndarray, loss_steep: np.ndarray):
-    """Claim 12: held-out loss at the steepest point minus at min/10 (per image, averaged over seeds)."""
+    """Claim 12: loss after training at the steepest point minus at min/10, `[seeds, images]` (resamples both)."""
     from . import claims
-    effect, low, high = claims.paired_bootstrap(loss_steep.mean(0), loss_min10.mean(0))
-    return claims.judge(12, effect, (low, high), loss_min10.shape[1],
-                        f"held-out loss after training at the steep suggestion minus at min/10 "
-                        f"(mean of {loss_min10.shape[0]} seeds per image)", unit="nats", scale=1.0)
+    steep, min10 = np.atleast_2d(loss_steep), np.atleast_2d(loss_min10)
+    effect, low, high = claims.paired_bootstrap(steep, min10)
+    return claims.judge(12, effect, (low, high), min10.shape[1],
+                        f"validation loss after training at the steep suggestion minus at min/10, over "
+                        f"{min10.shape[0]} sweeps and fits (the interval resamples seeds and images)",
+                        unit="nats", scale=1.0)
 
 
 def suggestion_shifts(make_before, make_after, seeds, rule: str = "valley", **find_kwargs):

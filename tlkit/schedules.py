@@ -368,13 +368,13 @@ def torch_sgdr_lrs(schedule: SGDR, steps_per_epoch: int, base_lr: float = 1.0) -
 
 
 def verdict_sgdr_beats_step(correct_sgdr, correct_step):
-    """Claim 14: SGDR minus step decay, validation accuracy per image averaged over seeds (paired bootstrap)."""
+    """Claim 14: SGDR minus step decay, validation accuracy `[seeds, images]` (paired; resamples seeds and images)."""
     from . import claims
-    sgdr, step = np.mean(correct_sgdr, axis=0), np.mean(correct_step, axis=0)
+    sgdr, step = np.atleast_2d(np.asarray(correct_sgdr, float)), np.atleast_2d(np.asarray(correct_step, float))
     effect, low, high = claims.paired_bootstrap(sgdr, step)
-    return claims.judge(14, effect, (low, high), len(sgdr),
-                        f"SGDR minus step decay, same budget and LR, validation accuracy "
-                        f"(mean of {len(correct_sgdr)} seeds per image)")
+    return claims.judge(14, effect, (low, high), sgdr.shape[-1],
+                        f"SGDR minus step decay, same budget and LR, validation accuracy over {len(sgdr)} seeds "
+                        "(the interval resamples seeds and images)")
 
 
 def verdict_wider_valleys(sharp_single_cycle, sharp_restarts):
