@@ -131,3 +131,13 @@ def test_sgdr_vs_step_resamples_the_seeds():
     swings = np.stack([correct(rng, 1000, acc) for acc in (0.95, 0.7, 0.95, 0.7)])   # mean +0.025, runs +-0.125
     v = schedules.verdict_sgdr_beats_step(swings, step)
     assert v.verdict == NOT_SHOWN and v.n == 1000
+
+
+def test_the_table_verdict_is_decided_by_its_weakest_cell():
+    """Three cells that follow the advice by 30 points cannot hide a fourth that goes against it."""
+    rng = np.random.default_rng(7)
+    similar = sweep(rng, {0.1: {B: 0.9, C: 0.6, D: 0.6}, 1.0: {B: 0.6, C: 0.9, D: 0.6}}, n=1000)
+    dissimilar = sweep(rng, {0.1: {B: 0.6, C: 0.9, D: 0.6}, 0.5: {B: 0.9, C: 0.9, D: 0.6}}, n=1000)
+    v = S.verdict_table(similar, dissimilar)
+    assert v.verdict == CONTRADICTED and "dissimilar + lots" in v.what.split(" (the weakest")[0]
+    assert v.effect == pytest.approx(-0.3, abs=0.04) and v.n == 1000

@@ -276,7 +276,8 @@ def weakest_part(claim_id: int, parts: dict, claim_word: str = "parts") -> Verdi
                                                  kv[1].ci[1] if kv[1].verdict == CONTRADICTED else kv[1].ci[0]))
     others = "; ".join(f"{n}: {o.shown(o.effect)} ({o.shown(o.ci[0])} to {o.shown(o.ci[1])}) → {o.verdict}"
                        for n, o in parts.items() if n != name)
-    what = f"{v.what} (the weakest of the claim's {len(parts)} {claim_word} decides; the other: {others})"
+    what = (f"{v.what} (the weakest of the claim's {len(parts)} {claim_word} decides; "
+            f"the other{'s' if len(parts) > 2 else ''}: {others})")
     return judge(claim_id, v.effect, v.ci, v.n, what, v.unit, v.scale, v.offset)
 
 
