@@ -171,3 +171,15 @@ def test_runs_and_images_interval_covers_the_true_effect_at_about_its_rate():
         _, low, high = claims.bootstrap_sum([(1.0, d)], n_boot=1000, seed=trial)
         hits += low <= 0.05 <= high
     assert 0.85 <= hits / 200 <= 0.995
+
+
+def test_a_settled_verdict_on_few_runs_is_called_provisional():
+    settled = claims.judge(10, 0.08, (0.03, 0.13), 153, "x", runs=2)
+    assert "provisional" in settled.sentence() and "2 training runs" in settled.sentence()
+    assert "provisional" not in claims.judge(10, 0.08, (0.03, 0.13), 153, "x", runs=claims.MIN_RUNS).sentence()
+    assert "provisional" not in claims.judge(10, 0.08, (-0.03, 0.13), 153, "x", runs=2).sentence()   # not settled
+    assert "provisional" not in claims.judge(1, 0.4, (0.3, 0.5), 153, "x").sentence()   # not a repeated-run design
+    rows = np.stack([np.ones(50), np.ones(50)])
+    assert claims.compare_accuracy(7, rows, rows * 0, "x").runs == 2
+    assert claims.weakest_part(6, {"a": claims.judge(6, 0.1, (0.05, 0.15), 50, "a", runs=3),
+                                   "b": claims.judge(6, 0.2, (0.1, 0.3), 50, "b", runs=3)}).runs == 3

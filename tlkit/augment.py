@@ -404,7 +404,7 @@ def verdict_fights_overfitting(plain: dict, augmented: dict):
     effect, low, high = claims.bootstrap_sum([(1.0, p["train"] - a["train"]), (-1.0, p["val"] - a["val"])])
     return claims.judge(10, effect, (low, high), p["val"].shape[-1],
                         "the generalisation gap (clean training minus validation accuracy) without augmentation "
-                        f"minus the gap with it{_over_seeds(plain)}")
+                        f"minus the gap with it{_over_seeds(plain)}", runs=len(p["val"]))
 
 
 def verdict_geometry_helps(geometric: dict, plain: dict):

@@ -17,12 +17,13 @@ from .record import RECORDED, record
 
 __all__ = ["CLAIMS", "CONTRADICTED", "Claim", "NOT_SHOWN", "SUPPORTED", "VERDICTS", "Verdict", "bootstrap_sum",
            "compare_accuracy", "compare_seeds", "compare_speed", "judge", "mean_interval", "paired_bootstrap",
-           "ledger", "proportion_interval", "ratio_interval", "report", "share_above", "show_summary",
+           "ledger", "MIN_RUNS", "proportion_interval", "ratio_interval", "report", "share_above", "show_summary",
            "summary_table", "verdict_cells", "verdict_of", "weakest_part"]
 
 SUPPORTED, NOT_SHOWN, CONTRADICTED = "supported", "not shown at this size", "contradicted"
 VERDICTS = (SUPPORTED, NOT_SHOWN, CONTRADICTED)
 LEVEL = 0.95
+MIN_RUNS = 5        # fewer training runs per setting than this: a settled verdict is called provisional
 
 NG = "Andrew Ng, CNN course, week 2"
 FASTAI = "fast.ai 2017, lessons 1-2"
@@ -87,6 +88,7 @@ class Verdict:
     unit: str = "points"
     scale: float = 100.0     # the prose shows effect * scale + offset (accuracy fractions as points)
     offset: float = 0.0      # e.g. 1 for a speed-up, whose effect is `speed-up - 1`
+    runs: int = 0            # training runs per setting behind the interval (0: not a repeated-run measurement)
 
     def record_entry(self) -> dict:
         """The run report's contract: id, verdict, effect, ci, n, what (plus unit and scale for display)."""
@@ -124,6 +126,18 @@ class Verdict:
         return (f"The interval clears zero by only {self.shown(margin).lstrip('+')} {self.unit}: another seed may "
                 f"well read *{NOT_SHOWN}*; about n = {needed:,} would settle it with room to spare.")
 
+    def few_runs(self) -> str:
+        """For a settled verdict resting on fewer than `MIN_RUNS` training runs per setting: say it is provisional.
+
+        Why: an interval resampled from two or three runs cannot know how far the next run lands, so
+        another seed can overturn it; the learner should read it as provisional, not as settled.
+        """
+        if self.verdict == NOT_SHOWN or not 1 <= self.runs < MIN_RUNS:
+            return ""
+        return (f"It rests on {self.runs} training run{'s' if self.runs > 1 else ''} per setting, too few to know "
+                f"how far another run would land: at this size another seed can change the verdict, so read it as "
+                f"provisional ({MIN_RUNS} or more runs, e.g. a larger `seeds`, settle it).")
+
     def sentence(self, notes_say: str = "") -> str:
         """Markdown the learner reads: the measured effect, its interval and the verdict, then the notes' view."""
         claim = CLAIMS[self.id]
@@ -135,6 +149,8 @@ class Verdict:
             text += " " + self.settle_size()
         elif self.fragile():
             text += " " + self.fragile()
+        if self.few_runs():
+            text += " " + self.few_runs()
         if notes_say:
             text += f" The notes say: {notes_say}"
         return text
@@ -148,12 +164,13 @@ def verdict_of(low: float, high: float) -> str:
 
 
 def judge(claim_id: int, effect: float, ci: Sequence[float], n: int, what: str, unit: str = "points",
-          scale: float = 100.0, offset: float = 0.0) -> Verdict:
+          scale: float = 100.0, offset: float = 0.0, runs: int = 0) -> Verdict:
     """A verdict from an effect and its interval, both signed in the claim's direction."""
     if claim_id not in CLAIMS:
         raise KeyError(f"no claim {claim_id}; the registry has 1..{max(CLAIMS)}")
     low, high = float(ci[0]), float(ci[1])
-    return Verdict(claim_id, verdict_of(low, high), float(effect), (low, high), int(n), what, unit, scale, offset)
+    return Verdict(claim_id, verdict_of(low, high), float(effect), (low, high), int(n), what, unit, scale, offset,
+                   int(runs))
 
 
 def bootstrap_sum(parts: Sequence[tuple[float, Sequence]], n_boot: int = 4000, seed: int = 0,
@@ -238,9 +255,13 @@ def ratio_interval(slow: Sequence[float], fast: Sequence[float], n_boot: int = 4
 
 def compare_accuracy(claim_id: int, correct_as_notes_say: Sequence, correct_other: Sequence, what: str,
                      seed: int = 0) -> Verdict:
-    """Verdict on 'A is more accurate than B' from per-image correctness on the same images (paired bootstrap)."""
+    """Verdict on 'A is more accurate than B' from per-image correctness on the same images (paired bootstrap).
+
+    `[runs, images]` arrays (one row per training seed) resample the runs too and count them in `runs`.
+    """
     effect, low, high = paired_bootstrap(correct_as_notes_say, correct_other, seed=seed)
-    return judge(claim_id, effect, (low, high), np.shape(correct_other)[-1], what)
+    shape = np.shape(correct_other)
+    return judge(claim_id, effect, (low, high), shape[-1], what, runs=shape[0] if len(shape) == 2 else 0)
 
 
 def share_above(claim_id: int, successes: int, n: int, bar: float, what: str) -> Verdict:
@@ -278,7 +299,7 @@ def weakest_part(claim_id: int, parts: dict, claim_word: str = "parts") -> Verdi
                        for n, o in parts.items() if n != name)
     what = (f"{v.what} (the weakest of the claim's {len(parts)} {claim_word} decides; "
             f"the other{'s' if len(parts) > 2 else ''}: {others})")
-    return judge(claim_id, v.effect, v.ci, v.n, what, v.unit, v.scale, v.offset)
+    return judge(claim_id, v.effect, v.ci, v.n, what, v.unit, v.scale, v.offset, v.runs)
 
 
 

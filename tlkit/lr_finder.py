@@ -592,7 +592,7 @@ def verdict_min10_vs_steep(loss_min10: np.ndarray, loss_steep: np.ndarray):
     return claims.judge(12, effect, (low, high), min10.shape[1],
                         f"validation loss after training at the steep suggestion minus at min/10, over "
                         f"{min10.shape[0]} sweeps and fits (the interval resamples seeds and images)",
-                        unit="nats", scale=1.0)
+                        unit="nats", scale=1.0, runs=min10.shape[0])
 
 
 def suggestion_shifts(make_before, make_after, seeds, rule: str = "valley", **find_kwargs):

@@ -374,7 +374,7 @@ def verdict_sgdr_beats_step(correct_sgdr, correct_step):
     effect, low, high = claims.paired_bootstrap(sgdr, step)
     return claims.judge(14, effect, (low, high), sgdr.shape[-1],
                         f"SGDR minus step decay, same budget and LR, validation accuracy over {len(sgdr)} seeds "
-                        "(the interval resamples seeds and images)")
+                        "(the interval resamples seeds and images)", runs=len(sgdr))
 
 
 def verdict_wider_valleys(sharp_single_cycle, sharp_restarts):

@@ -444,7 +444,8 @@ def verdict_more_data(sweep: pd.DataFrame, more=NAMES["last_blocks"], fewer=NAME
     n_little = int(sweep[sweep["fraction"] == little]["train_images"].iloc[0])
     return claims.judge(3, effect, (low, high), gain_lots.shape[-1],
                         f"the gain of {more[:1]} over {fewer[:1]} with {n_lots} training images minus its gain with "
-                        f"{n_little}, validation accuracy{_seeds_note(*sweep.to_dict('records'))}")
+                        f"{n_little}, validation accuracy{_seeds_note(*sweep.to_dict('records'))}",
+                        runs=min(len(_at(sweep, name, f)) for name in (more, fewer) for f in (little, lots)))
 
 
 def verdict_own_hidden(kept: dict, hidden: dict, margin: float = 0.05) -> claims.Verdict:
@@ -452,7 +453,8 @@ def verdict_own_hidden(kept: dict, hidden: dict, margin: float = 0.05) -> claims
     effect, low, high = claims.paired_bootstrap(_runs(hidden), _runs(kept))
     return claims.judge(4, effect + margin, (low + margin, high + margin), _runs(kept).shape[-1],
                         f"(c') own hidden layer minus (c) kept last layers, plus a {margin * 100:.0f}-point margin "
-                        f"(positive: replacing them costs less than the margin){_seeds_note(kept, hidden)}")
+                        f"(positive: replacing them costs less than the margin){_seeds_note(kept, hidden)}",
+                        runs=min(len(_runs(kept)), len(_runs(hidden))))
 
 
 def verdict_train_all(full: dict, scratch_row: dict) -> claims.Verdict:
@@ -475,12 +477,13 @@ def verdict_table(similar: pd.DataFrame, dissimilar: pd.DataFrame) -> claims.Ver
             others = [s for s in sweep["strategy"].unique() if s != advised]
             other_mean = sum(_at(sweep, s, fraction) for s in others) / len(others)   # a single run broadcasts
             diff = _at(sweep, advised, fraction) - other_mean
+            runs = min(len(_at(sweep, s, fraction)) for s in [advised, *others])
             effect, low, high = claims.bootstrap_sum([(1.0, diff)])
             images = int(sweep[sweep["fraction"] == fraction]["train_images"].iloc[0])
             cells[f"{domain} + {amount}"] = claims.judge(
                 6, effect, (low, high), diff.shape[-1],
                 f"{domain} + {amount} data ({images} training images): {advised} minus the mean of the other two, "
-                f"validation accuracy{_seeds_note(*sweep.to_dict('records'))}")
+                f"validation accuracy{_seeds_note(*sweep.to_dict('records'))}", runs=runs)
     return claims.weakest_part(6, cells, claim_word="cells")
 
 
