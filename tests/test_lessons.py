@@ -59,3 +59,13 @@ def test_failing_lesson_is_reported_and_the_others_still_run(toy_lessons, tmp_pa
     page = (out / "index.html").read_text()
     assert "01_broken" in page and "failed" in page and "answer=42" in page
     assert (out / "00_ok.html").exists() and (out / "00_ok.ipynb").exists()
+
+
+def test_the_claims_table_marks_settled_verdicts_from_few_runs_as_provisional():
+    from tlkit import claims
+    rows = claims.ledger([("01_x", [claims.judge(3, 0.08, (0.01, 0.15), 153, "c minus b", runs=3).record_entry(),
+                                    claims.judge(4, 0.02, (-0.01, 0.05), 153, "c' minus c", runs=3).record_entry(),
+                                    claims.judge(1, 0.4, (0.3, 0.5), 153, "a minus e").record_entry()], {}, None)])
+    page = lessons.claims_table_html(rows)
+    assert page.count("provisional: 3 runs per setting") == 1        # claim 3 only: 4 is not settled, 1 is one design
+    assert page.count("not measured in this run") == len(claims.CLAIMS) - 3

@@ -389,6 +389,7 @@ def claims_ledger(out: Path, results: list[LessonResult]) -> list[dict]:
 
 def claims_table_html(rows: list[dict]) -> str:
     """The run's claims ledger as an HTML table: the page an instructor hands out after `make lessons`."""
+    from .claims import CONTRADICTED, MIN_RUNS, SUPPORTED
     colours = {"supported": "#e6f4ea", "contradicted": "#fce8e6", "not shown at this size": "#fef7e0"}
     body = []
     for row in rows:
@@ -400,15 +401,19 @@ def claims_table_html(rows: list[dict]) -> str:
         else:
             effect = n = what = ""
         lesson = html.escape(row["lesson"] or "—")
+        verdict = html.escape(row["verdict"])
+        if row["verdict"] in (SUPPORTED, CONTRADICTED) and 1 <= row.get("runs", 0) < MIN_RUNS:
+            verdict += f"<br><small>provisional: {row['runs']} run{'s' if row['runs'] > 1 else ''} per setting</small>"
         if row.get("link"):
             lesson = f'<a href="{html.escape(row["link"])}">{lesson}</a>'
         body.append(f'<tr style="background:{colours.get(row["verdict"], "#fff")}"><td>{row["id"]}</td>'
                     f"<td>{html.escape(row['claim'])}<br><small>{html.escape(row['source'])}</small></td>"
-                    f"<td>{lesson}</td><td><b>{html.escape(row['verdict'])}</b></td><td>{html.escape(effect)}</td>"
+                    f"<td>{lesson}</td><td><b>{verdict}</b></td><td>{html.escape(effect)}</td>"
                     f"<td>{n}</td><td><small>{html.escape(what)}</small></td></tr>")
     return ("<h2>The notes' claims, settled by this run</h2><p>Effect signed in the claim's direction (positive: as "
             "the notes say), with its 95 % interval: <i>supported</i> when the interval lies above zero, "
-            "<i>contradicted</i> below, <i>not shown at this size</i> when it covers zero.</p>"
+            "<i>contradicted</i> below, <i>not shown at this size</i> when it covers zero. A settled verdict from "
+            f"fewer than {MIN_RUNS} training runs per setting is marked provisional: another seed can change it.</p>"
             "<table><tr><th>#</th><th>claim</th><th>lesson</th><th>verdict</th><th>effect [95 % interval]</th>"
             f"<th>n</th><th>what was compared</th></tr>{''.join(body)}</table>")
 
