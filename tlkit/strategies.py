@@ -412,7 +412,7 @@ def _runs(row) -> np.ndarray:
 
 def _seeds_note(*rows) -> str:
     n = max(len(_runs(r)) for r in rows)
-    return f", {n} seeds per run repeated (the interval resamples seeds and images)" if n > 1 else ""
+    return f", each strategy run from {n} seeds (the interval resamples seeds and images)" if n > 1 else ""
 
 
 def verdict_head_vs_scratch(frozen: dict, scratch_row: dict) -> claims.Verdict:
