@@ -163,3 +163,75 @@ def test_lr_from_finder_is_ten_times_below_where_the_loss_doubled():
     nan_end = SimpleNamespace(lrs=lrs[:4], smoothed=np.array([0.3, 0.3, 0.31, np.nan]), stopped_early=True,
                               lr=lambda rule: None)
     assert lc.divergence_lr(nan_end) == lrs[3]
+    blip = SimpleNamespace(lrs=lrs, smoothed=np.array([0.2, 0.5, 0.21, 0.2, 0.2, 0.2, 0.25, 0.3, 0.9, 2.0, 5.0]),
+                           stopped_early=True, lr=lambda rule: None)
+    assert lc.divergence_lr(blip) == lrs[8]      # the early one-step doubling recovered: not a divergence
+
+
+# ---------------------------------------------------------------- lesson 05's study: seeds x settings, intervals
+
+def test_group_frozen_leaves_group_0_untouched_and_restores_the_flags():
+    net = unfreeze(tiny_net())
+    learn = Learner(net, tiny_loaders(), progress=False, device="cpu")
+    start = lc.copy_state(net)
+    with lc.group_frozen(net, 0):
+        run = lc.finetune_from(learn, start, 1e-2, 1, seed=1)
+    assert run.rel_change[0] == 0.0 and run.first_filter_change == 0.0 and run.rel_change[1] > 0
+    assert all(p.requires_grad for p in net.parameters())
+    assert run.correct.shape == (16,) and run.correct.mean() == pytest.approx(run.acc)
+    assert torch.equal(run.first_filters, net.body[0][0].weight.detach())
+    assert lc.first_conv(net) is net.body[0][0]
+
+
+def test_finetune_from_restarts_a_sampler_generator_too():
+    """Loaders whose order lives in the sampler's generator (lesson 01's tasks) replay the same batches."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 3, 8, 8, generator=g), torch.randint(0, 3, (40,), generator=g)
+    ds = TensorDataset(x, y)
+    sampler = torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(0))
+    dls = SimpleNamespace(train=DataLoader(ds, batch_size=8, sampler=sampler),
+                          val=DataLoader(TensorDataset(x[:16], y[:16]), batch_size=16))
+    net = unfreeze(tiny_net())
+    learn = Learner(net, dls, progress=False, device="cpu")
+    start = lc.copy_state(net)
+    a = lc.finetune_from(learn, start, 1e-2, 1, seed=5)
+    b = lc.finetune_from(learn, start, 1e-2, 1, seed=5)
+    assert a.rel_change == b.rel_change
+
+
+def test_study_runs_every_setting_per_seed_and_the_verdicts_read_its_correctness(monkeypatch):
+    from tlkit.claims import verdict_of
+    net = unfreeze(tiny_net())
+    learn = Learner(net, tiny_loaders(), progress=False, device="cpu")
+    start = lc.copy_state(net)
+    found = {"uniform": (None, 1e-3), "3x": (None, 3e-3), "10x": (None, 1e-2)}
+    st = lc.study_on(learn, start, "tiny", "dissimilar", 3, 0.5, found, seeds=[0, 1], epochs=1)
+    assert list(st.runs) == ["uniform", "3x", "10x", lc.FROZEN0] and all(len(r) == 2 for r in st.runs.values())
+    assert st.runs["10x"][0].lrs == pytest.approx([1e-5, 1e-4, 1e-3, 1e-2])
+    assert st.runs[lc.FROZEN0][0].lrs == [0.0, 1e-3, 1e-3, 1e-3] and st.runs[lc.FROZEN0][1].rel_change[0] == 0
+    assert st.correct("3x").shape == (2, 16) and st.ratio_settings == ["uniform", "3x", "10x"]
+    table = st.table()
+    assert list(table["setting"]) == ["head only", "uniform", "3x", "10x", lc.FROZEN0]
+    # verdicts on synthetic correctness with a known answer
+    n = 600
+    rng = np.random.default_rng(3)
+
+    def fake(accs):
+        return {k: [SimpleNamespace(correct=rng.random(n) < a) for _ in range(3)] for k, a in accs.items()}
+
+    good = lc.Study("p", "similar", 10, 0.8, {}, {}, fake({"uniform": 0.6, "3x": 0.6, "10x": 0.9, lc.FROZEN0: 0.6}),
+                    [0, 1, 2])
+    bad = lc.Study("d", "dissimilar", 3, 0.8, {}, {}, fake({"uniform": 0.9, "3x": 0.6, "10x": 0.9, lc.FROZEN0: 0.9}),
+                   [0, 1, 2])
+    v = lc.verdict_ratio_rule(good, good)
+    assert v.verdict == "supported" and v.effect == pytest.approx(0.3, abs=0.03) and v.n == 2 * n and v.runs == 3
+    assert lc.verdict_ratio_rule(bad, bad).verdict == "contradicted"
+    assert lc.verdict_ratio_rule(good, bad).effect == pytest.approx(0.0, abs=0.03)
+    assert lc.verdict_relearn(bad).verdict == "not shown at this size"
+    relearn = lc.verdict_relearn(good)
+    assert relearn.effect == pytest.approx(0.0, abs=0.03) and relearn.verdict == verdict_of(*relearn.ci)
+    comp = lc.comparisons(good)
+    assert len(comp) == 4 and comp.iloc[-1]["B"] == lc.FROZEN0
+    assert comp.set_index(["A", "B"]).loc[("uniform", "10x"), "reads"] == "B better"
+    assert "cannot tell" in lc.similar_set_note(bad) or "helped" in lc.similar_set_note(bad) \
+        or "cost" in lc.similar_set_note(bad)

@@ -122,6 +122,9 @@ class FineTuneRun:
     history: pd.DataFrame
     rel_change: list[float]
     by_tensor: pd.DataFrame = field(repr=False, default=None)
+    correct: np.ndarray = field(repr=False, default=None)        # per validation image, after the run
+    first_filters: torch.Tensor = field(repr=False, default=None)  # the first convolution's weights, after
+    first_filter_change: float = float("nan")                     # their relative change
 
 
 def finetune_from(learn, start_state: dict, lr, epochs: int, schedule=None, seed: int = 0,
@@ -138,15 +141,18 @@ def finetune_from(learn, start_state: dict, lr, epochs: int, schedule=None, seed
     learn.net.load_state_dict(start_state)
     before = snapshot(learn.net)
     env.seed_everything(seed)
-    shuffle = getattr(learn.dls.train, "generator", None)
-    if shuffle is not None:  # a loader with its own generator: restart its batch order too
-        shuffle.manual_seed(seed)
+    _reseed_batches(learn, seed)  # the loader's (or its sampler's) generator: restart the batch order too
     with contextlib.nullcontext() if bn_stats else frozen_bn_stats(learn.net):
         history = learn.fit(epochs, lr, schedule=schedule)
+    after = snapshot(learn.net)
+    conv = _first_conv_name(learn.net)
     return FineTuneRun(label=label, lrs=lrs_for_groups(lr, len(learn.net.groups)),
                        acc=float(history["val_acc"].iloc[-1]), history=history,
-                       rel_change=relative_change_by_group(learn.net, before),
-                       by_tensor=relative_change_by_tensor(learn.net, before))
+                       rel_change=relative_change_by_group(learn.net, before, after),
+                       by_tensor=relative_change_by_tensor(learn.net, before, after),
+                       correct=learn.last_correct.cpu().numpy().astype(bool) if learn.last_correct is not None
+                       else None, first_filters=after[conv].clone(),
+                       first_filter_change=relative_change(before, after, [conv]))
 
 
 def copy_state(net: nn.Module) -> dict:
@@ -237,14 +243,17 @@ def find_lr(learn, ratio: float, num_it: int = 100, bn_stats: bool = True, start
 
 
 def divergence_lr(result, rise: float = 2.0) -> float | None:
-    """The first LR of a sweep where the smoothed loss reached `rise` times its lowest value so far."""
+    """The first LR of a sweep from which the smoothed loss stays at `rise` times its lowest value so far (or more)."""
     smoothed = np.asarray(result.smoothed, float)
     if not len(smoothed):
         return None
     best = np.minimum.accumulate(np.where(np.isfinite(smoothed), smoothed, np.inf))
-    broke = np.flatnonzero(~np.isfinite(smoothed) | ((smoothed >= rise * best) & (best > 0)))
-    if len(broke):
-        return float(result.lrs[broke[0]])
+    high = ~np.isfinite(smoothed) | ((smoothed >= rise * best) & (best > 0))
+    # a real divergence does not recover: the first LR from which the loss stays high to the end of the
+    # sweep (a short sweep's noisy first batches can double the loss for a step and come back down)
+    stays = np.flatnonzero(np.logical_and.accumulate(high[::-1])[::-1])
+    if len(stays):
+        return float(result.lrs[stays[0]])
     return float(result.lrs[-1]) if result.stopped_early else None
 
 
@@ -345,3 +354,255 @@ def plot_change_by_depth(runs: list[FineTuneRun], ax=None, title: str | None = N
     ax.legend()
     ax.grid(alpha=0.3)
     return ax
+
+
+# ---------------------------------------------------------------- lesson 05's fair comparison, over seeds
+
+FROZEN0 = "uniform, group 0 frozen"
+
+
+def first_conv(net: nn.Module) -> nn.Conv2d:
+    """The network's first convolution: the layer whose filters look at the pixels."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            return m
+    raise ValueError("the network has no Conv2d layer")
+
+
+@contextlib.contextmanager
+def group_frozen(net: nn.Module, group: int = 0):
+    """Inside the block, layer group `group` is not trained (requires_grad False); afterwards as before."""
+    params = list(net.groups[group].parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield net
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def _reseed_batches(learn, seed: int) -> None:
+    """Restart the training loader's batch order: its own generator, or its sampler's."""
+    for holder in (learn.dls.train, getattr(learn.dls.train, "sampler", None)):
+        gen = getattr(holder, "generator", None)
+        if isinstance(gen, torch.Generator):
+            gen.manual_seed(seed)
+
+
+def find_lrs(learn, start_state: dict, ratios=(1, 10, 3), num_it: int = 100, bn_stats: bool = True,
+             ) -> dict[str, tuple[object, float]]:
+    """One LR finder sweep per ratio from `start_state` (each setting gets its own head LR), keys as `ratio_label`.
+
+    Why one sweep each: the LR at which training breaks depends on how fast the early groups move, so
+    a uniform rate read off a sweep with the groups 10x apart would be set too high, and the
+    comparison tilted against it.
+    """
+    out = {}
+    for r in sorted(set(ratios)):
+        learn.net.load_state_dict(start_state)
+        finder = find_lr(learn, r, num_it, bn_stats)
+        out[ratio_label(r)] = (finder, lr_from_finder(finder))
+    learn.net.load_state_dict(start_state)
+    return out
+
+
+@dataclass
+class Study:
+    """Lesson 05 on one dataset: the head alone, one LR finder per setting, and every setting once per seed."""
+
+    dataset: str
+    kind: str                       # "similar" or "dissimilar"
+    rule: float                     # the notes' step between groups for this kind (10 or 3)
+    acc_head: float
+    lrs: dict[str, float]           # setting -> head LR (from that setting's own finder)
+    finders: dict[str, object]
+    runs: dict[str, list[FineTuneRun]]   # setting -> one run per seed (same seeds, same order)
+    seeds: list[int]
+    filters_before: torch.Tensor = field(repr=False, default=None)
+
+    @property
+    def ratio_settings(self) -> list[str]:
+        return [k for k in self.runs if k != FROZEN0]
+
+    def correct(self, label: str) -> np.ndarray:
+        """Per-image correctness `[seeds, images]` of one setting."""
+        return np.stack([np.asarray(r.correct, dtype=float) for r in self.runs[label]])
+
+    def mean_rel_change(self, label: str) -> list[float]:
+        return np.mean([r.rel_change for r in self.runs[label]], axis=0).tolist()
+
+    def table(self) -> pd.DataFrame:
+        """One row per setting: its LRs, accuracy per seed and mean, how far group 0 and the first filters moved."""
+        rows = [{"dataset": self.dataset, "setting": "head only", "lr_head": float("nan"), "lr_early": 0.0,
+                 "acc_mean": self.acc_head, "acc_per_seed": "", "group0_change": 0.0, "first_filters_change": 0.0}]
+        for label, runs in self.runs.items():
+            accs = [r.acc for r in runs]
+            rows.append({"dataset": self.dataset, "setting": label, "lr_head": runs[0].lrs[-1],
+                         "lr_early": runs[0].lrs[0], "acc_mean": float(np.mean(accs)),
+                         "acc_per_seed": " ".join(f"{a:.3f}" for a in accs),
+                         "group0_change": float(np.mean([r.rel_change[0] for r in runs])),
+                         "first_filters_change": float(np.mean([r.first_filter_change for r in runs]))})
+        return pd.DataFrame(rows)
+
+
+def run_study(learn, start_state: dict, lrs: dict[str, float], seeds, epochs: int, bn_stats: bool = True,
+              frozen0: bool = True) -> dict[str, list[FineTuneRun]]:
+    """Every setting (ratio label -> its head LR) once per seed from `start_state`; plus, with `frozen0`,
+    the uniform LR with layer group 0 not trained at all (claim 19's control).
+
+    Runs with one seed share the start, the batches and their order; only the LRs differ. Every run
+    is one SGDR cycle per epoch.
+    """
+    from .schedules import sgdr
+    n = len(learn.net.groups)
+    runs: dict[str, list[FineTuneRun]] = {label: [] for label in lrs}
+    if frozen0:
+        runs[FROZEN0] = []
+    for seed in seeds:
+        for label, lr in lrs.items():
+            ratio = 1.0 if label == "uniform" else float(label.rstrip("x"))
+            runs[label].append(finetune_from(learn, start_state, differential_lrs(lr, ratio, n), epochs,
+                                             sgdr(epochs, 1), seed, label, bn_stats))
+        if frozen0:
+            with group_frozen(learn.net, 0):
+                run = finetune_from(learn, start_state, lrs["uniform"], epochs, sgdr(epochs, 1), seed, FROZEN0,
+                                    bn_stats)
+            run.lrs[0] = 0.0
+            runs[FROZEN0].append(run)
+    return runs
+
+
+def study_on(learn, start_state: dict, dataset: str, kind: str, rule: float, acc_head: float, found: dict,
+             seeds, epochs: int, bn_stats: bool = True, lr: float | None = None) -> Study:
+    """Run every setting of `found` (label -> (finder, head LR), from `find_lrs`) once per seed, plus the
+    group-0-frozen control; `lr` (if given) replaces every finder's LR."""
+    lrs = {label: (chosen if lr is None else float(lr)) for label, (_, chosen) in found.items()}
+    runs = run_study(learn, start_state, lrs, seeds, epochs, bn_stats)
+    before = start_state[_first_conv_name(learn.net)].detach().cpu().float().clone()
+    return Study(dataset, kind, rule, acc_head, lrs, {k: f for k, (f, _) in found.items()}, runs, list(seeds),
+                 before)
+
+
+def study(task, kind: str, rule: float, seeds, epochs: int, head_epochs: int, head_lr: float,
+          ratios=(1, 10, 3), lr_find_iters: int = 100, opt: str = "adamw", bn_stats: bool = True,
+          lr: float | None = None, progress: bool | None = None) -> Study:
+    """Lesson 05's whole experiment on one dataset: head -> unfreeze -> one finder per setting -> runs per seed."""
+    from . import models
+    from .train import Learner
+    net = task.net()
+    acc_head = train_head(task, net, head_epochs, head_lr, opt, progress)
+    models.unfreeze(net)
+    learn = Learner(net, task.loaders(), opt=opt, device=task.device, progress=progress)
+    start = copy_state(net)
+    found = find_lrs(learn, start, ratios, lr_find_iters, bn_stats)
+    return study_on(learn, start, task.name, kind, rule, acc_head, found, seeds, epochs, bn_stats, lr)
+
+
+def _first_conv_name(net: nn.Module) -> str:
+    conv = first_conv(net)
+    return next(name for name, p in net.named_parameters() if p is conv.weight)
+
+
+# ---------------------------------------------------------------- intervals over seeds and images, verdicts
+
+def _bootstrap(parts):
+    """`claims.bootstrap_sum` over `[seeds, images]` parts: the interval resamples training runs and images."""
+    from .claims import bootstrap_sum
+    return bootstrap_sum(parts)
+
+
+def rule_advantage(st: Study) -> np.ndarray:
+    """`[seeds, images]`: correct with the rule's ratio minus the mean of the other ratio settings."""
+    rule = ratio_label(st.rule)
+    others = [k for k in st.ratio_settings if k != rule]
+    return st.correct(rule) - np.mean([st.correct(k) for k in others], axis=0)
+
+
+def relearn_advantage(st: Study) -> np.ndarray:
+    """`[seeds, images]`: correct with group 0 trained (uniform LR) minus with group 0 frozen (same LR elsewhere)."""
+    return st.correct("uniform") - st.correct(FROZEN0)
+
+
+def _n(parts) -> int:
+    """Validation images behind the parts (each part is `[seeds, images]`)."""
+    return int(sum(np.shape(d)[-1] for _, d in parts))
+
+
+def verdict_ratio_rule(similar: Study, dissimilar: Study):
+    """Claim 18: on each dataset the rule's ratio minus the mean of the other settings, averaged over both."""
+    from . import claims
+    parts = [(0.5, rule_advantage(similar)), (0.5, rule_advantage(dissimilar))]
+    effect, low, high = _bootstrap(parts)
+    return claims.judge(18, effect, (low, high), _n(parts),
+                        f"the rule's ratio ({similar.rule:g}x on {similar.dataset}, {dissimilar.rule:g}x on "
+                        f"{dissimilar.dataset}) minus the mean of the other settings (uniform and the other ratio, "
+                        f"each at its own finder's LR), averaged over both datasets, validation accuracy over "
+                        f"{len(similar.seeds)} seeds (the interval resamples seeds and images)",
+                        runs=min(len(similar.seeds), len(dissimilar.seeds)))
+
+
+def verdict_relearn(dissimilar: Study):
+    """Claim 19: on the dissimilar set, layer group 0 trained minus frozen (every other group at the same LR)."""
+    from . import claims
+    d = relearn_advantage(dissimilar)
+    effect, low, high = _bootstrap([(1.0, d)])
+    return claims.judge(19, effect, (low, high), d.shape[1],
+                        f"on {dissimilar.dataset}, layer group 0 trained minus frozen (the other groups at the "
+                        f"uniform finder LR), validation accuracy over {d.shape[0]} seeds (the interval resamples "
+                        "seeds and images)", runs=d.shape[0])
+
+
+def comparisons(st: Study) -> pd.DataFrame:
+    """Every pairwise accuracy difference of one study, with its seed-and-image interval (points)."""
+    pairs = [(a, b) for i, a in enumerate(st.ratio_settings) for b in st.ratio_settings[i + 1:]]
+    if FROZEN0 in st.runs:
+        pairs.append(("uniform", FROZEN0))
+    from .claims import verdict_of
+    rows = []
+    for a, b in pairs:
+        effect, low, high = _bootstrap([(1.0, st.correct(a) - st.correct(b))])
+        rows.append({"dataset": st.dataset, "A": a, "B": b, "A minus B (points)": 100 * effect,
+                     "low": 100 * low, "high": 100 * high, "reads": verdict_of(low, high).replace(
+                         "supported", "A better").replace("contradicted", "B better")})
+    return pd.DataFrame(rows)
+
+
+def similar_set_note(similar: Study) -> str:
+    """What the similar set shows for claim 19 (group 0 trained minus frozen), generated from its interval."""
+    from .claims import verdict_of
+    d = relearn_advantage(similar)
+    effect, low, high = _bootstrap([(1.0, d)])
+    reading = {"supported": "training the first layers helped here too",
+               "contradicted": "training the first layers cost accuracy here",
+               "not shown at this size": "this run cannot tell the two apart"}[verdict_of(low, high)]
+    return (f"For comparison, on the similar set **{similar.dataset}** the same difference (group 0 trained minus "
+            f"frozen) is **{100 * effect:+.1f} points** (95 % interval {100 * low:+.1f} to {100 * high:+.1f}, "
+            f"n = {d.size:,}): {reading}.")
+
+
+def plot_filters(before: torch.Tensor, after: torch.Tensor, n: int = 16, axes=None, title: str = ""):
+    """The first `n` first-layer filters before and after fine-tuning, and their change magnified.
+
+    Each filter is shown as a small RGB image (min-max scaled over all filters of the row); the third
+    row scales the difference on its own, so even a tiny move is visible (read its size off the
+    relative change, not off the picture).
+    """
+    import matplotlib.pyplot as plt
+    rows = {"before": before[:n], "after": after[:n], "change (own scale)": (after - before)[:n]}
+    if axes is None:
+        _, axes = plt.subplots(3, n, figsize=(n * 0.6, 2.2))
+    for r, (name, w) in enumerate(rows.items()):
+        w = w.float()
+        lo, hi = (float(before[:n].min()), float(before[:n].max())) if r < 2 else (float(w.min()), float(w.max()))
+        for i in range(n):
+            img = ((w[i] - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
+            img = img.permute(1, 2, 0) if img.shape[0] == 3 else img.mean(0)
+            axes[r, i].imshow(img.numpy(), interpolation="nearest")
+            axes[r, i].set_xticks([])
+            axes[r, i].set_yticks([])
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        axes[0, 0].figure.suptitle(title, fontsize=9)
+    return axes
