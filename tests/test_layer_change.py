@@ -235,3 +235,4 @@ def test_study_runs_every_setting_per_seed_and_the_verdicts_read_its_correctness
     assert comp.set_index(["A", "B"]).loc[("uniform", "10x"), "reads"] == "B better"
     assert "cannot tell" in lc.similar_set_note(bad) or "helped" in lc.similar_set_note(bad) \
         or "cost" in lc.similar_set_note(bad)
+    assert "n = 600 images, 3 seeds" in lc.similar_set_note(bad)      # n counts images, as in every verdict

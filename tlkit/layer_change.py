@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .claims import bootstrap_sum
 from .optim import differential_lrs, lrs_for_groups
 
 
@@ -507,12 +508,6 @@ def _first_conv_name(net: nn.Module) -> str:
 
 # ---------------------------------------------------------------- intervals over seeds and images, verdicts
 
-def _bootstrap(parts):
-    """`claims.bootstrap_sum` over `[seeds, images]` parts: the interval resamples training runs and images."""
-    from .claims import bootstrap_sum
-    return bootstrap_sum(parts)
-
-
 def rule_advantage(st: Study) -> np.ndarray:
     """`[seeds, images]`: correct with the rule's ratio minus the mean of the other ratio settings."""
     rule = ratio_label(st.rule)
@@ -534,7 +529,7 @@ def verdict_ratio_rule(similar: Study, dissimilar: Study):
     """Claim 18: on each dataset the rule's ratio minus the mean of the other settings, averaged over both."""
     from . import claims
     parts = [(0.5, rule_advantage(similar)), (0.5, rule_advantage(dissimilar))]
-    effect, low, high = _bootstrap(parts)
+    effect, low, high = bootstrap_sum(parts)
     return claims.judge(18, effect, (low, high), _n(parts),
                         f"the rule's ratio ({similar.rule:g}x on {similar.dataset}, {dissimilar.rule:g}x on "
                         f"{dissimilar.dataset}) minus the mean of the other settings (uniform and the other ratio, "
@@ -547,7 +542,7 @@ def verdict_relearn(dissimilar: Study):
     """Claim 19: on the dissimilar set, layer group 0 trained minus frozen (every other group at the same LR)."""
     from . import claims
     d = relearn_advantage(dissimilar)
-    effect, low, high = _bootstrap([(1.0, d)])
+    effect, low, high = bootstrap_sum([(1.0, d)])
     return claims.judge(19, effect, (low, high), d.shape[1],
                         f"on {dissimilar.dataset}, layer group 0 trained minus frozen (the other groups at the "
                         f"uniform finder LR), validation accuracy over {d.shape[0]} seeds (the interval resamples "
@@ -562,7 +557,7 @@ def comparisons(st: Study) -> pd.DataFrame:
     from .claims import verdict_of
     rows = []
     for a, b in pairs:
-        effect, low, high = _bootstrap([(1.0, st.correct(a) - st.correct(b))])
+        effect, low, high = bootstrap_sum([(1.0, st.correct(a) - st.correct(b))])
         rows.append({"dataset": st.dataset, "A": a, "B": b, "A minus B (points)": 100 * effect,
                      "low": 100 * low, "high": 100 * high, "reads": verdict_of(low, high).replace(
                          "supported", "A better").replace("contradicted", "B better")})
@@ -573,13 +568,13 @@ def similar_set_note(similar: Study) -> str:
     """What the similar set shows for claim 19 (group 0 trained minus frozen), generated from its interval."""
     from .claims import verdict_of
     d = relearn_advantage(similar)
-    effect, low, high = _bootstrap([(1.0, d)])
+    effect, low, high = bootstrap_sum([(1.0, d)])
     reading = {"supported": "training the first layers helped here too",
                "contradicted": "training the first layers cost accuracy here",
                "not shown at this size": "this run cannot tell the two apart"}[verdict_of(low, high)]
     return (f"For comparison, on the similar set **{similar.dataset}** the same difference (group 0 trained minus "
             f"frozen) is **{100 * effect:+.1f} points** (95 % interval {100 * low:+.1f} to {100 * high:+.1f}, "
-            f"n = {d.size:,}): {reading}.")
+            f"n = {d.shape[1]:,} images, {d.shape[0]} seeds): {reading}.")
 
 
 def plot_filters(before: torch.Tensor, after: torch.Tensor, n: int = 16, axes=None, title: str = ""):
