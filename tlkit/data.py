@@ -93,7 +93,7 @@ class DataCopy:
         return self.shorter_side is None or image_size is None or decode_size(image_size) <= self.shorter_side
 
     def describe(self) -> str:
-        """'the embedded quick pack (images 160 px, enough for image_size <= 140)' and the like."""
+        """'the embedded quick pack (images 160 px, enough for image_size <= 139)' and the like."""
         if self.shorter_side is None:
             return f"{self.where} (full size)"
         return (f"{self.where} (images {self.shorter_side} px, enough for image_size <= "

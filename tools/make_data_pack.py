@@ -5,8 +5,9 @@
 
 SOURCE holds `hymenoptera_data/`, `dtd10/` and `imagenette_subset/` at full size, each with its
 PROVENANCE.txt (e.g. the folders tlkit downloads into ~/.cache/tlkit, or the course's development
-copies). Every image is re-encoded by `tlkit.fetch.downscale` (shorter side SHORTER_SIDE, Lanczos,
-JPEG quality QUALITY), so the pack serves every quick preset (image sizes up to 139 px) in under 20 MB.
+copies). Every image is re-encoded by `tlkit.fetch.downscale` (shorter side SHORTER_SIDE[folder], Lanczos,
+JPEG quality QUALITY), so the pack serves every quick preset in under 25 MB: image sizes up to 139 px,
+and up to 195 px for hymenoptera, whose lesson 08 needs them (its probe and recipe at 192 px).
 Each dataset keeps its PROVENANCE.txt, extended by this derivation, and gets a fresh MANIFEST.sha256.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tlkit import fetch  # noqa: E402
 from tlkit.data import largest_image_size  # noqa: E402
 
 PACK = Path(__file__).resolve().parent.parent / "tlkit" / "pack"
-SHORTER_SIDE = 160
+SHORTER_SIDE = {"hymenoptera_data": 224, "dtd10": 160, "imagenette_subset": 160}
 QUALITY = 80
 IMAGENETTE_PACK_PER_CLASS = {"train": 30, "val": 10}   # seeded from imagenette_subset's 150 + 50
 PHOTO_SUFFIXES = {".jpg", ".jpeg"}
@@ -58,12 +59,13 @@ DATASETS = {
 
 def derivation_note(folder: str, what: str, n: int) -> str:
     """The text appended to a dataset's PROVENANCE.txt."""
+    side = SHORTER_SIDE[folder]
     return (f"\n--- tlkit embedded quick-preset pack (tools/make_data_pack.py) ---\n"
             f"derived from the full-size '{folder}' above: {what}; {n} files.\n"
-            f"each photo converted to RGB, shorter side resized to {SHORTER_SIDE} px (Lanczos, never upscaled),\n"
+            f"each photo converted to RGB, shorter side resized to {side} px (Lanczos, never upscaled),\n"
             f"saved as JPEG quality {QUALITY} under its original name (Pillow {PIL.__version__}); "
             f"other files copied unchanged.\n"
-            f"enough for image sizes up to {largest_image_size(SHORTER_SIDE)} px; larger sizes use a "
+            f"enough for image sizes up to {largest_image_size(side)} px; larger sizes use a "
             f"full-size copy (downloaded when online).\n")
 
 
@@ -76,14 +78,14 @@ def build(source: Path, out: Path) -> dict:
         for path in files:
             target = dst / path.relative_to(src)
             if path.suffix.lower() in PHOTO_SUFFIXES:
-                fetch.downscale(path, target, SHORTER_SIDE, QUALITY)
+                fetch.downscale(path, target, SHORTER_SIDE[folder], QUALITY)
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
         provenance = (src / "PROVENANCE.txt").read_text() if (src / "PROVENANCE.txt").is_file() else ""
         (dst / "PROVENANCE.txt").write_text(provenance + derivation_note(folder, what, len(files)))
         fetch.write_manifest(dst)
-        index[folder] = {"shorter_side": SHORTER_SIDE, "jpeg_quality": QUALITY, "files": len(files),
+        index[folder] = {"shorter_side": SHORTER_SIDE[folder], "jpeg_quality": QUALITY, "files": len(files),
                          "bytes": sum(p.stat().st_size for p in dst.rglob("*") if p.is_file())}
     (out / "PACK.json").write_text(json.dumps({"datasets": index}, indent=2) + "\n")
     return index
