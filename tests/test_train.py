@@ -134,3 +134,22 @@ def test_bad_options_are_refused():
         make_learner(precision="int4")
     with pytest.raises(ValueError, match="epochs=0"):
         make_learner().fit(0)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_seconds_per_image_leaves_weights_buffers_and_gradients_as_they_were(train):
+    learn = make_learner()
+    learn.fit(1, 0.05)
+    before = {k: v.clone() for k, v in learn.net.state_dict().items()}
+    learn.net.eval()
+    seconds = learn.seconds_per_image(2, train=train)
+    assert seconds > 0
+    assert all(torch.equal(before[k], v) for k, v in learn.net.state_dict().items())   # BN statistics included
+    assert all(p.grad is None for p in learn.net.parameters()) and not learn.net.training
+
+
+def test_seconds_per_image_needs_two_batches():
+    learn = make_learner()
+    learn.dls = DataLoaders(DataLoader(NoisyBlobs(16), batch_size=16), learn.dls.val, ["neg", "pos"], None)
+    with pytest.raises(ValueError, match="at least 2 training batches"):
+        learn.seconds_per_image()

@@ -180,6 +180,42 @@ class Learner:
             self._emit("after_batch", callbacks)
         return loss_sum / total, correct / total
 
+    def seconds_per_image(self, batches: int = 2, train: bool = True) -> float:
+        """Measured seconds per image of one training step (loading, forward, backward) on training batches,
+        or of a forward pass alone (`train=False`); the weights, buffers and gradients are left as they were.
+
+        Why: a time budget has to be turned into a number of images before the work starts. One batch is
+        run first and not timed (first-call overheads), then `batches` are timed through the real loader,
+        so decoding and augmentation are counted.
+        """
+        check_positive_int("batches", batches, 2)
+        state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        was_training = self.net.training
+        self.net.train(train)
+        images, elapsed = 0, 0.0
+        try:
+            loader = iter(self.dls.train)
+            for i in range(batches + 1):
+                t0 = time.perf_counter()
+                try:
+                    x, y = next(loader)
+                except StopIteration:
+                    break
+                x, y = self._to_device(x, y)
+                with (contextlib.nullcontext() if train else torch.inference_mode()), self.autocast():
+                    loss = self.loss_fn(self.net(x), y)
+                if train and loss.requires_grad:
+                    loss.backward()
+                if i:
+                    elapsed, images = elapsed + time.perf_counter() - t0, images + y.shape[0]
+        finally:
+            self.net.zero_grad(set_to_none=True)
+            self.net.load_state_dict(state)
+            self.net.train(was_training)
+        if not images:
+            raise ValueError("seconds_per_image needs at least 2 training batches; the loader has fewer")
+        return elapsed / images
+
     def _emit(self, event: str, callbacks: list[Callback]) -> None:
         for cb in callbacks:
             cb(event, self)
