@@ -141,8 +141,11 @@ def test_retrain_verdict_is_the_paired_difference():
     assert "(150" in v.what and "(100)" in v.what
 
 
-def test_a_tie_on_validation_accuracy_keeps_the_step():
+def test_a_step_is_kept_on_higher_validation_accuracy_or_a_tie_with_lower_loss():
     """69 of 76 right is a tie whether it arrives as float32 (a Learner) or float64 (scikit-learn)."""
     as_float32 = torch.tensor(69 / 76, dtype=torch.float32).item()
-    assert recipe._not_worse((as_float32, 9.0), (69 / 76, 0.1))
-    assert not recipe._not_worse((68 / 76, 0.0), (69 / 76, 9.0))
+    assert recipe._better((as_float32, 0.2), (69 / 76, 0.3))
+    assert not recipe._better((as_float32, 0.3), (69 / 76, 0.3))      # a full tie keeps the earlier model
+    assert not recipe._better((as_float32, 0.4), (69 / 76, 0.3))
+    assert recipe._better((70 / 76, 9.0), (69 / 76, 0.1))
+    assert not recipe._better((68 / 76, 0.0), (69 / 76, 9.0))

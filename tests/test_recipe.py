@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from sklearn.metrics import confusion_matrix, recall_score
 
@@ -268,3 +270,53 @@ def test_plot_lr_sweep_shows_the_whole_smoothed_curve():
     lo, hi = ax.get_ylim()
     assert lo <= smoothed[2:-2].min() and hi >= smoothed[2:-2].max()
     plt.close("all")
+
+
+RATES = {"forward": 0.01, "head only": 0.012, "whole network": 0.03}
+
+
+@settings(max_examples=200, deadline=None)
+@given(budget=st.floats(1, 1e4), available=st.integers(1, 20000), n_val=st.integers(1, 500), n_test=st.integers(0, 500),
+       aug=st.integers(0, 4), unf=st.integers(0, 8), scale=st.floats(0.01, 10))
+def test_work_plan_fits_the_budget_or_uses_the_floor(budget, available, n_val, n_test, aug, unf, scale):
+    rates = {k: v * scale for k, v in RATES.items()}
+    plan = recipe.WorkPlan.size(budget, rates, available, n_val, n_test, aug, unf, min_images=32)
+    floor = min(available, 32)
+    assert floor <= plan.feature_images <= available and floor <= plan.body_images <= available
+    if plan.feature_images > floor and plan.body_images > floor:
+        assert plan.estimate_s <= budget * (1 + 1e-9) or plan.fixed_s > budget
+    # a larger budget never buys fewer images of either kind
+    more = recipe.WorkPlan.size(budget * 2, rates, available, n_val, n_test, aug, unf, min_images=32)
+    assert more.feature_images >= plan.feature_images and more.body_images >= plan.body_images
+
+
+def test_work_plan_uses_every_image_when_they_fit_and_says_so():
+    plan = recipe.WorkPlan.size(1e4, RATES, 400, 100, 100, 1, 1)
+    assert plan.feature_images == plan.body_images == 400 and "every one of the 400" in plan.describe()
+    # 5000 images, 60 s: evaluation first, then features (one forward each) before the body epochs
+    plan = recipe.WorkPlan.size(60, RATES, 5000, 200, 300, 1, 1)
+    assert plan.fixed_s == pytest.approx(0.01 * (200 * 5 + 300 * 5))
+    rest = 60 - plan.fixed_s
+    assert plan.feature_images == int(rest / 2 / 0.01) and plan.body_images == int((rest - plan.feature_images * 0.01) / 0.042)
+    assert f"{plan.feature_images:,} of 5,000" in plan.describe() and f"stratified {plan.body_images:,}" in plan.describe()
+    done = recipe.WorkPlan.size(60, RATES, 5000, 200, 300, 1, 1, features_done=1000)
+    assert done.feature_images == 1000 and done.body_images == int(rest / 0.042)
+
+
+def test_fit_budget_caps_training_images_stratified_and_the_retrain_replays_it(tmp_path):
+    root = _make_folder(tmp_path / "folder", per_class=40)
+    r = recipe.Recipe(str(root), image_size=SIZE, batch_size=8, progress=False, cache_dir=tmp_path / "features")
+    available = len(r.splits.train)
+    trainable = [p.requires_grad for p in r.net.parameters()]
+    plan = r.fit_budget(1e-6, 1, 1)    # nothing fits: both kinds of step fall back to the floor
+    assert plan.available == available and plan.feature_images == plan.body_images == 16
+    assert len(r.splits.train) == 16 and r.splits.train.class_counts() == {"bluish": 8, "reddish": 8}
+    assert len(r.dls.train.dataset) == 16 and r.learn.dls is r.dls
+    assert r.plan[0] == ("limit_body_images", {"count": 16})
+    assert [p.requires_grad for p in r.net.parameters()] == trainable   # timing left the freezing as it was
+    r.precompute()
+    assert len(r.train_fs) == 16
+    r.probe()
+    final = r.retrain_on_all(eval_images=8)
+    assert len(final.train_fs) == 16 + len(r.splits.val)
+    assert len(final.dls.train.dataset) == 16   # as many body images, drawn from training + validation images

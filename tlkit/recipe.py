@@ -38,8 +38,9 @@ from .lr_finder import LRFinderResult, lr_find
 from .optim import default_group_ratio, differential_lrs, lrs_for_groups
 from .storage import atomic_save
 from .train import Learner
+from .validate import check_positive, check_positive_int
 
-__all__ = ["STEP_NAMES", "Recipe", "fine_tune", "pick_lr", "plot_lr_sweep", "most_confused", "top_losses",
+__all__ = ["STEP_NAMES", "Recipe", "WorkPlan", "sgdr_epochs", "fine_tune", "pick_lr", "plot_lr_sweep", "most_confused", "top_losses",
            "per_class_accuracy", "show_top_losses", "waterfall_table", "plot_waterfall", "image_size_table", "ModelBundle", "save_model", "load_model",
            "predict_files", "hold_out_test", "BestEpoch", "confusion_pairs", "verdict_confusion", "verdict_retrain"]
 
@@ -85,9 +86,9 @@ def plot_lr_sweep(result: LRFinderResult, title: str | None = None, ax=None):
 class StepResult:
     """One recipe step: test accuracy of its own result, read against the model the step started from.
 
-    The step's result is its best validation epoch (never a test-chosen one). `kept` is False when the
-    model it started from was better on validation: the recipe then goes on from that model, and the
-    step's (negative) change is still shown.
+    The step's result is its best validation epoch (never a test-chosen one). `kept` is False unless it
+    beat the model it started from on validation (accuracy, then loss): the recipe then goes on from that
+    model, and the step's change is still shown.
     """
 
     step: str
@@ -113,8 +114,74 @@ class StepResult:
             text += (f", change on test {100 * effect:+.1f} points (95 % interval {100 * low:+.1f} to "
                      f"{100 * high:+.1f}) against the model it started from")
         if not self.kept:
-            text += "; validation preferred the model it started from, so the recipe goes on from that one"
+            text += ("; it did not beat the model it started from on validation (accuracy, then loss), so the "
+                     "recipe goes on from that one")
         return text
+
+
+@dataclass
+class WorkPlan:
+    """How many training images each kind of step uses, sized from measured seconds per image to fit a budget.
+
+    Why: a user's folder can hold any number of images, and a quick run must still end in time. Steps on
+    precomputed features cost one forward pass per image, so they get every image the budget allows;
+    steps that run the body cost several passes per image and epoch, so they get a stratified sample.
+    """
+
+    budget_s: float
+    seconds_per_image: dict      # measured: "forward" (no gradient), "head only" and "whole network" training steps
+    available: int               # training images in the split
+    feature_images: int          # training images the probe and the head on features use
+    body_images: int             # training images per epoch of the steps that run the body
+    augment_epochs: int          # epochs with the body frozen in the loop
+    unfreeze_epochs: int         # epochs with the whole network training
+    fixed_s: float               # evaluation passes on validation and test images, precomputing their features
+
+    @classmethod
+    def size(cls, budget_s: float, seconds_per_image: dict, available: int, n_val: int, n_test: int,
+             augment_epochs: int, unfreeze_epochs: int, tta_views: int = 2, min_images: int = 32,
+             features_done: int | None = None) -> "WorkPlan":
+        """The plan for measured `seconds_per_image` ("forward", "head only", "whole network").
+
+        Evaluation is paid first: validation features, one validation pass per body epoch and `tta_views`
+        for TTA; test features, a pass after each of the two body stages and `tta_views` for TTA. Of the
+        rest, the feature steps get what is left once every image has had its body epochs, and at least
+        half; the body steps get the remainder. Neither goes below `min_images` (nor above `available`).
+        `features_done`: training features already computed (they cost nothing more).
+        """
+        t = seconds_per_image
+        fixed = t["forward"] * (n_val * (1 + augment_epochs + unfreeze_epochs + tta_views)
+                                + n_test * (1 + 2 + tta_views))
+        rest = max(budget_s - fixed, 0.0)
+        per_body_image = max(augment_epochs * t["head only"] + unfreeze_epochs * t["whole network"], 1e-12)
+        if features_done is not None:
+            n_feat, feature_cost = features_done, 0.0
+        else:
+            n_feat = min(available, int(max(rest - available * per_body_image, rest / 2) / t["forward"]))
+            feature_cost = n_feat * t["forward"]
+        n_body = min(available, int(max(rest - feature_cost, 0.0) / per_body_image))
+        floor = min(available, min_images)
+        return cls(float(budget_s), dict(t), available, max(n_feat, floor) if features_done is None else n_feat,
+                   max(n_body, floor), augment_epochs, unfreeze_epochs, fixed)
+
+    @property
+    def estimate_s(self) -> float:
+        """Seconds the plan should take: evaluation, feature precomputing and body epochs (LR sweeps excluded)."""
+        t = self.seconds_per_image
+        return (self.fixed_s + self.feature_images * t["forward"] + self.body_images
+                * (self.augment_epochs * t["head only"] + self.unfreeze_epochs * t["whole network"]))
+
+    def describe(self) -> str:
+        """What the budget bought, in a sentence a learner reads."""
+        t = self.seconds_per_image
+        rates = ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in t.items())
+        uses = (f"every one of the {self.available:,} training images for every step"
+                if self.feature_images == self.body_images == self.available else
+                f"{self.feature_images:,} of {self.available:,} training images for the steps on precomputed "
+                f"features and a stratified {self.body_images:,} per epoch for the "
+                f"{self.augment_epochs + self.unfreeze_epochs} epochs that run the body")
+        return (f"time budget {self.budget_s:.0f} s (measured per image: {rates}): the recipe uses {uses}; "
+                f"estimated {self.estimate_s:.0f} s, of which evaluation and precomputing {self.fixed_s:.0f} s")
 
 
 def _cap(images, count: int | None, seed: int):
@@ -152,13 +219,15 @@ def _snapshot(module: nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _not_worse(score: tuple[float, float], other: tuple[float, float]) -> bool:
-    """Validation (accuracy, loss) `score` is no worse than `other`: a step is undone only if it lowers accuracy.
+def _better(score: tuple[float, float], other: tuple[float, float]) -> bool:
+    """Validation (accuracy, loss) `score` beats `other`: a higher accuracy, or the same with a lower loss.
 
-    Why accuracy alone: a step that ties on accuracy is the notes' recipe, and a loss from a few dozen
-    images (the probe's is calibrated by cross-validation, one SGD epoch's is not) would undo it on noise.
+    The same order `BestEpoch` ranks epochs by, used to decide whether a step is kept. Why a tie keeps
+    the model the step started from: a step has to earn its place (and its cost) on validation; on a
+    few dozen validation images a tie says the step showed nothing.
     """
-    return score[0] >= other[0] - 1e-6   # accuracies come as float32 and float64 shares of the same images
+    tol = 1e-6   # accuracies come as float32 and float64 shares of the same images
+    return score[0] > other[0] + tol or (abs(score[0] - other[0]) <= tol and score[1] < other[1])
 
 
 class BestEpoch:
@@ -202,10 +271,11 @@ class Recipe:
                  max_train: int | None = None, max_val: int | None = None, val_fraction: float = 0.2,
                  splits: data.Splits | None = None, train_tfm=None, cache_dir: str | os.PathLike | None = None,
                  progress: bool | None = None, test_fraction: float | None = 0.5, max_test: int | None = None,
-                 test: data.ImageList | None = None, select_best: bool = True):
+                 test: data.ImageList | None = None, select_best: bool = True, feature_batch_size: int = 32):
         seed_everything(seed)
         self.dataset, self.seed, self.device = dataset, seed, torch.device(device)
         self.image_size, self.batch_size, self.progress = image_size, batch_size, progress
+        self.feature_batch_size = feature_batch_size   # steps on precomputed features: no body, so batches stay cheap
         full = splits or data.get_splits(dataset, seed=seed, val_fraction=val_fraction, image_size=image_size)
         if test is None and test_fraction:
             full, test = hold_out_test(full, test_fraction, seed)
@@ -231,6 +301,7 @@ class Recipe:
         self.plan: list[tuple[str, dict]] = []   # the training calls, replayed by `retrain_on_all`
         self.probe_result: dict | None = None
         self.use_tta = False
+        self.work_plan: WorkPlan | None = None
         self._kept_score: tuple[float, float] | None = None    # validation (acc, loss) of the model kept so far
         self._kept_correct: np.ndarray | None = None           # its per-image test correctness
         self.net_correct: np.ndarray | None = None              # the network's (no TTA), after the last stage
@@ -288,6 +359,55 @@ class Recipe:
             raise ValueError("this recipe has no test split (test_fraction=None)")
         return self.learn.get_preds(self.test_loader)
 
+    # ------------------------------------------------------------ 0. size the work to a time budget
+
+    def fit_budget(self, budget_s: float, augment_epochs: int, unfreeze_epochs: int, tta_views: int = 2,
+                   batches: int = 2) -> WorkPlan:
+        """Measure seconds per image, then cap the training images so the recipe's steps fit `budget_s`.
+
+        Evaluation (validation every body epoch, test after every stage, `tta_views` views of both) and the
+        validation and test features are paid first; of the rest, the feature steps get up to half (one
+        forward pass per image) and the body steps the remainder (`augment_epochs` with the body frozen,
+        `unfreeze_epochs` with it trainable). Call it
+        before `precompute`; the LR sweeps and the retraining (which trains its body steps on as many
+        images) come on top.
+        """
+        check_positive("budget_s", budget_s, 60)
+        check_positive_int("augment_epochs", augment_epochs, 1, allow_zero=True)
+        check_positive_int("unfreeze_epochs", unfreeze_epochs, 1, allow_zero=True)
+        was = [p.requires_grad for p in self.net.parameters()]
+        models.freeze(self.net)
+        t = {"forward": self.learn.seconds_per_image(batches, train=False),
+             "head only": self.learn.seconds_per_image(batches)}
+        models.unfreeze(self.net)
+        models.freeze_batchnorm(self.net)
+        t["whole network"] = self.learn.seconds_per_image(batches)
+        for p, flag in zip(self.net.parameters(), was):
+            p.requires_grad_(flag)
+        plan = WorkPlan.size(budget_s, t, len(self.splits.train), len(self.splits.val),
+                             0 if self.test is None else len(self.test), augment_epochs, unfreeze_epochs,
+                             tta_views, min_images=max(2 * self.batch_size, 4 * len(self.classes)),
+                             features_done=None if self.train_fs is None else len(self.train_fs))
+        available, n_feat, n_body = plan.available, plan.feature_images, plan.body_images
+        if self.train_fs is None and n_feat < available:
+            self.splits = replace(self.splits, train=_cap(self.splits.train, n_feat, self.seed))
+        self.limit_body_images(n_body if n_body < available else None)
+        plan = replace(plan, feature_images=len(self.splits.train), body_images=len(self.dls.train.dataset))
+        self.work_plan = plan   # the counts the stratified samples really hold
+        return plan
+
+    def limit_body_images(self, count: int | None) -> None:
+        """Train the body steps on a stratified `count` of the training images (None: all of them).
+
+        The retrained model replays it with the same count: its body steps then cost what these did.
+        """
+        self.plan = [p for p in self.plan if p[0] != "limit_body_images"]
+        self.plan.insert(0, ("limit_body_images", {"count": count}))
+        body = replace(self.splits, train=_cap(self.splits.train, count, self.seed))
+        self.dls = data.dataloaders(body, self.image_size, self.net.norm, self.batch_size,
+                                    train_tfm=self.train_tfm, seed=self.seed)
+        self.learn.dls = self.dls
+
     # ------------------------------------------------------------ 1. explore
 
     def explore(self) -> pd.DataFrame:
@@ -323,7 +443,7 @@ class Recipe:
         if self.train_fs is None:
             self.precompute()
         if self.head_learn is None:
-            self.head_learn = features.head_learner(self.net, self.train_fs, self.val_fs, self.batch_size,
+            self.head_learn = features.head_learner(self.net, self.train_fs, self.val_fs, self.feature_batch_size,
                                                     seed=self.seed, progress=self.progress)
         return self.head_learn
 
@@ -349,15 +469,14 @@ class Recipe:
         k = min(folds, int(np.bincount(y).min()))
         if C is None and k >= 2:   # cross-validated log loss of each C, scaler fitted inside each fold
             cv = list(StratifiedKFold(k, shuffle=True, random_state=self.seed).split(x, y))
-            losses = []
-            for c in Cs:
-                total = 0.0
-                for fit_idx, held_idx in cv:
-                    sc = StandardScaler().fit(x[fit_idx])
-                    m = LogisticRegression(C=c, max_iter=3000).fit(sc.transform(x[fit_idx]), y[fit_idx])
-                    total += log_loss(y[held_idx], m.predict_proba(sc.transform(x[held_idx])),
-                                      labels=m.classes_) * len(held_idx)
-                losses.append(total)
+            losses = np.zeros(len(Cs))
+            for fit_idx, held_idx in cv:   # each fold's fits start from the previous C's solution: half the time
+                sc = StandardScaler().fit(x[fit_idx])
+                fit_x, held_x = sc.transform(x[fit_idx]), sc.transform(x[held_idx])
+                m = LogisticRegression(max_iter=3000, warm_start=True)
+                for i, c in enumerate(Cs):
+                    m.set_params(C=c).fit(fit_x, y[fit_idx])
+                    losses[i] += log_loss(y[held_idx], m.predict_proba(held_x), labels=m.classes_) * len(held_idx)
             C = float(Cs[int(np.argmin(losses))])
         C = 1.0 if C is None else float(C)
         scaler = StandardScaler().fit(x)
@@ -410,7 +529,7 @@ class Recipe:
         score = (float(row["val_acc"]), float(row["val_loss"]))
         correct = self._test_correct_features() if on_features else self.test_correct()
         kept = True
-        if keeper and self._kept_score is not None and not _not_worse(score, self._kept_score):
+        if keeper and self._kept_score is not None and not _better(score, self._kept_score):
             if key == "head" and self.probe_result is not None and self._linear() is not None:
                 self._load_probe_head()
                 kept = False
@@ -424,7 +543,7 @@ class Recipe:
     def _test_correct_features(self) -> np.ndarray | None:
         if self.test_fs is None:
             return None
-        loader = data.make_loader(self.test_fs, 2 * self.batch_size, shuffle=False)
+        loader = data.make_loader(self.test_fs, 2 * self.feature_batch_size, shuffle=False)
         logits, y = self._head_learner().get_logits(loader)
         return (logits.argmax(1) == y).numpy()
 
@@ -436,9 +555,11 @@ class Recipe:
         return lr_find(self._head_learner(), num_it=num_it, start_lr=start_lr, end_lr=end_lr, warn=False,
                        **kwargs)
 
-    def train_head(self, epochs: int, lr: float) -> StepResult:
+    def train_head(self, epochs: int, lr: float, from_probe: bool = False) -> StepResult:
         """Train the new last layer on the precomputed activations; its best validation epoch is kept."""
         models.freeze(self.net)
+        if from_probe:
+            self._load_probe_head()
         result = self._stage("head", self._head_learner(), self.net.head, epochs, lr, on_features=True, lr=lr)
         if result.kept:
             self.plan.append(("train_head", {"epochs": result.settings["best_epoch"], "lr": lr}))
@@ -454,7 +575,7 @@ class Recipe:
         """
         models.freeze(self.net)
         schedule = schedules.sgdr(n_cycles, cycle_len)
-        epochs = stop_after or math.ceil(schedule.total_epochs)
+        epochs = stop_after or sgdr_epochs(n_cycles, cycle_len)
         result = self._stage("augment", self.learn, self.net, epochs, lr, schedule=schedule, n_cycles=n_cycles,
                              cycle_len=cycle_len, lr=lr)
         if result.kept:
@@ -494,7 +615,7 @@ class Recipe:
         if self.ratios is None:
             self.unfreeze()
         schedule = schedules.sgdr(n_cycles, cycle_len, cycle_mult)
-        epochs = stop_after or math.ceil(schedule.total_epochs)
+        epochs = stop_after or sgdr_epochs(n_cycles, cycle_len, cycle_mult)
         result = self._stage("unfreeze", self.learn, self.net, epochs, [lr * r for r in self.ratios],
                              schedule=schedule, n_cycles=n_cycles, cycle_len=cycle_len, cycle_mult=cycle_mult, lr=lr)
         if result.kept:
@@ -527,7 +648,7 @@ class Recipe:
         if self.test is not None:
             test_probs, test_y = self.tta_probs(mode, images=self.test, **kwargs)
             correct = (test_probs.argmax(1) == test_y).numpy()
-        self.use_tta = self._kept_score is None or _not_worse(score, self._kept_score)
+        self.use_tta = self._kept_score is None or _better(score, self._kept_score)
         return self._record_step("tta", start, score, correct, self.use_tta, mode=mode)
 
     def predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -548,6 +669,7 @@ class Recipe:
         merged = data.Splits(train_all, _cap(self.splits.val, eval_images, self.seed), self.classes,
                              self.splits.root, self.splits.name)
         final = Recipe(self.dataset, self.net.name, self.image_size, self.batch_size, self.seed, self.device,
+                       feature_batch_size=self.feature_batch_size,
                        splits=merged, train_tfm=self.train_tfm, cache_dir=self.cache_dir,
                        progress=self.progress if progress is None else progress, test_fraction=None,
                        select_best=False)
@@ -561,14 +683,24 @@ class Recipe:
         return final
 
 
+def sgdr_epochs(n_cycles: int, cycle_len: float = 1, cycle_mult: float = 1) -> int:
+    """Whole epochs an SGDR schedule of `n_cycles` runs (what `train_head_augmented` / `train_all` fit)."""
+    return math.ceil(schedules.sgdr(n_cycles, cycle_len, cycle_mult).total_epochs)
+
+
 def fine_tune(dataset="hymenoptera", backbone: str = "efficientnet_lite0", image_size: int = 128,
               batch_size: int = 32, head_epochs: int = 2, aug_cycles: int = 1, all_cycles: int = 2,
               cycle_mult: float = 2, group_ratio: float | None = None, bn_freeze: bool = True,
               tta_mode: str = "flip",
               lr_rule: str = "valley", head_lr_iters: int = 100, all_lr_iters: int = 100,
-              seed: int = 0, device="cpu", **recipe_kwargs) -> Recipe:
-    """Run every recipe step with the LRs the finder suggests; returns the `Recipe` (see `.acc_after_step`)."""
+              budget_s: float | None = None, seed: int = 0, device="cpu", **recipe_kwargs) -> Recipe:
+    """Run every recipe step with the LRs the finder suggests; returns the `Recipe` (see `.acc_after_step`).
+
+    With `budget_s`, the training images are first capped to fit it (`Recipe.fit_budget`).
+    """
     r = Recipe(dataset, backbone, image_size, batch_size, seed, device, **recipe_kwargs)
+    if budget_s is not None:
+        r.fit_budget(budget_s, sgdr_epochs(aug_cycles, 1, 1), sgdr_epochs(all_cycles, 1, cycle_mult))
     r.precompute()
     r.probe()
     head_lr = pick_lr(r.find_head_lr(num_it=head_lr_iters), lr_rule)
@@ -826,7 +958,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> M
 
 
 @torch.no_grad()
-def predict_files(bundle: ModelBundle, paths: Sequence[str | os.PathLike], batch_size: int = 32) -> pd.DataFrame:
+def predict_files(bundle: ModelBundle, paths: Sequence[str | os.PathLike], batch_size: int = 8) -> pd.DataFrame:
     """Predicted class and its probability for image files on disk (one row per file, in order)."""
     tfm, net = bundle.transform, bundle.net.eval()
     device = tta.model_device(net)
