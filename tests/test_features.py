@@ -296,3 +296,63 @@ def test_attach_head_puts_a_trained_head_into_the_net():
     x = torch.randn(2, 3, 16, 16)
     net.eval()
     torch.testing.assert_close(net(x), head(net.body(x)))
+
+
+def _damage(path, how, net, images):
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "another entry's file":     # a valid file, written for other images
+        other = features.precompute(net, random_images(seed=9).with_transform(eval_tf()), cache_dir=path.parent / "o",
+                                    progress=False)
+        path.write_bytes(other.path.read_bytes())
+    else:   # the right key, but fewer rows than images: a file nothing in tlkit writes
+        fs = features.load_features(path)
+        features.save_features(features.FeatureSet(fs.x[:3], fs.y[:3], fs.key, fs.classes, 1.0), path)
+
+
+@pytest.mark.parametrize("how", ["truncated", "another entry's file", "rows missing"])
+def test_a_damaged_or_mismatched_entry_is_rebuilt_not_served(tmp_path, how):
+    net, images = tiny_net(), random_images().with_transform(eval_tf())
+    first = features.precompute(net, images, cache_dir=tmp_path, progress=False)
+    _damage(first.path, how, net, images)
+    counter = ForwardCounter(net.body)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # a truncated file also warns; the point is what is served
+        again = features.precompute(net, images, cache_dir=tmp_path, progress=False)
+    assert counter.images == len(images) and not again.from_cache
+    torch.testing.assert_close(again.x, reference_features(net, images))
+    assert features.precompute(net, images, cache_dir=tmp_path, progress=False).from_cache   # rebuilt on disk
+
+
+WORKER = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_features import eval_tf, random_images, tiny_net
+from tlkit import features
+net, images = tiny_net(), random_images(n=400, size=40).with_transform(eval_tf(32))
+import os, time
+open({ready!r} + sys.argv[1], "w").close()
+while not (os.path.exists({ready!r} + "0") and os.path.exists({ready!r} + "1")):   # start together
+    time.sleep(0.01)
+features.precompute(net, images, cache_dir={cache!r}, progress=False)
+"""
+
+
+def test_two_processes_filling_the_same_entry_leave_one_good_entry(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    cache, ready = tmp_path / "cache", str(tmp_path / "ready-")
+    code = WORKER.format(tests=str(Path(__file__).parent), ready=ready, cache=str(cache))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], env=env, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert os.path.exists(ready + "0") and os.path.exists(ready + "1")
+    assert [p.suffix for p in cache.iterdir()] == [".pt"]     # one entry, no temporary file left behind
+    net, images = tiny_net(), random_images(n=400, size=40).with_transform(eval_tf(32))
+    counter = ForwardCounter(net.body)
+    served = features.precompute(net, images, cache_dir=cache, progress=False)
+    assert served.from_cache and counter.images == 0
+    torch.testing.assert_close(served.x, reference_features(net, images))

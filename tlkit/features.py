@@ -157,8 +157,9 @@ def precompute(net: nn.Module, images: data.ImageList, cache_dir: str | os.PathL
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / f"{key}.pt"
     if path.exists() and not refresh:
-        cached = load_features(path)
-        if cached is not None and cached.key == key:
+        cached = load_features(path)   # served only if it is this entry, whole: else it is rebuilt
+        if cached is not None and cached.key == key and len(cached.y) == len(images) == len(cached.x) \
+                and cached.y.tolist() == list(images.targets):
             return cached
     if transform_is_random(images):
         warnings.warn("precompute: the transform is random (augmentation). The cache keeps ONE random view of "
