@@ -11,7 +11,7 @@ OUT ?=
 
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup browser-setup lab lessons test test-fast nbval test-gpu strip clean
+.PHONY: setup browser-setup lab lessons bench test test-fast nbval test-gpu strip clean
 
 setup: $(STAMP)
 	@$(VENV_PY) binder/install_overrides.py
@@ -41,6 +41,9 @@ lab: setup
 
 lessons: setup
 	$(VENV_PY) -m tlkit lessons run --preset $(PRESET) $(if $(OUT),--out $(OUT))
+
+bench: setup
+	$(VENV_PY) -m tlkit bench $(if $(OUT),--out $(OUT)) $(if $(AGAINST),--against $(AGAINST))
 
 test: setup browser-setup
 	$(VENV_PY) -m pytest

@@ -2,6 +2,7 @@
 
 `python -m tlkit lessons list [IDS...] [-v]`
 `python -m tlkit lessons run [IDS...] --preset quick|full|auto --out DIR [--force] [-p NAME VALUE ...]`
+`python -m tlkit bench [IDS...] [--out DIR] [--against OLD/bench.json]`   (see tlkit.bench)
 
 Each lesson runs in its own process so its wall time and peak memory are its own; a failing
 lesson is reported with the failing cell and the others still run. SIGINT (Ctrl-C) or SIGTERM stops
@@ -62,6 +63,7 @@ class LessonResult:
     error: str | None = None
     notebook: str | None = None
     html: str | None = None
+    cpu_s: float | None = None    # CPU seconds of the lesson's process and its kernel together
 
 
 @dataclass(frozen=True)
@@ -341,14 +343,15 @@ def _execute(nb_in: str, out_dir: str, params_json: str, timeout: str, html_expo
         status = "failed"
         error = f"{type(exc).__name__}: {exc}"
     wall = time.perf_counter() - t0
-    peak_kb = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    peak_kb = max(u.ru_maxrss for u in usage)
+    cpu = sum(u.ru_utime + u.ru_stime for u in usage)
     metrics, html_name = {}, None
     if nb_out.exists():
         metrics = read_notebook_metrics(nb_out)
         if html_export == "1":
             html_name = export_html(nb_out)
-    result = LessonResult(path.stem, status, wall, peak_kb / 1024, metrics, error, nb_out.name, html_name)
+    result = LessonResult(path.stem, status, wall, peak_kb / 1024, metrics, error, nb_out.name, html_name, cpu)
     Path(report).write_text(json.dumps(asdict(result)))
 
 
@@ -444,9 +447,18 @@ def write_summary(out: Path, results: list[LessonResult], preset: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: `lessons list` and `lessons run`; 2 on bad input, 128 + signal when stopped."""
+    """Command line: `lessons list`, `lessons run` and `bench`; 2 on bad input, 128 + signal when stopped."""
     args = _parser().parse_args(argv)
     try:
+        if args.area == "bench":
+            from .bench import bench
+            with signals_interrupt():
+                try:
+                    summary = bench(args.ids, args.preset, args.out, args.against)
+                except Interrupted as exc:
+                    print(f"bench stopped by {exc}", file=sys.stderr)
+                    return 128 + exc.signum
+            return 0 if all(v["status"] == "ok" for phase in ("cold", "warm") for v in summary[phase].values()) else 1
         return list_command(args.ids, args.verbose) if args.verb == "list" else run_command(args)
     except ParameterError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -471,6 +483,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="set a notebook parameter, e.g. -p dataset dtd10 (see `lessons list -v`)")
     run.add_argument("--timeout", type=float, default=None, help="seconds allowed per cell")
     run.add_argument("--no-html", action="store_true", help="skip the HTML export")
+    bench = sub.add_parser("bench", help="run the lessons twice (empty cache, then filled) and time them")
+    bench.add_argument("ids", nargs="*", help="lesson ids; default: all")
+    bench.add_argument("--preset", default="quick", choices=PRESETS)
+    bench.add_argument("--out", type=Path, default=None, help="bench folder (default runs/bench-<timestamp>)")
+    bench.add_argument("--against", type=Path, default=None, help="a previous bench.json to compare with")
     return parser
 
 

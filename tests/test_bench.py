@@ -1,0 +1,54 @@
+"""`python -m tlkit bench`: two runs of the lessons, the first on an empty cache, compared within the run."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tlkit.bench import compare_table, summarise
+from tlkit.lessons import LessonResult
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def result(lesson, wall, cpu=None, peak=1000.0, status="ok"):
+    return LessonResult(lesson, status, wall, peak, cpu_s=cpu)
+
+
+def test_summary_ratios_and_shares_come_from_the_per_lesson_numbers():
+    runs = {"cold": [result("01_a", 30.0, 50.0), result("02_b", 10.0, 12.0, 1500.0)],
+            "warm": [result("01_a", 12.0, 20.0), result("02_b", 8.0, 9.0)]}
+    s = summarise(runs, "quick")
+    assert s["total_wall_s"] == {"cold": 40.0, "warm": 20.0} and s["warm_over_cold"] == 0.5
+    assert s["share_of_cold"] == {"01_a": 0.75, "02_b": 0.25}
+    assert s["cold"]["02_b"] == {"status": "ok", "wall_s": 10.0, "cpu_s": 12.0, "peak_mb": 1500}
+    table = compare_table(s).splitlines()
+    assert table[1].split()[:4] == ["01_a", "30.0", "12.0", "0.40"]
+    old = summarise({"cold": [result("01_a", 60.0), result("02_b", 10.0)], "warm": [result("01_a", 24.0)]}, "quick")
+    versus = compare_table(s, old).splitlines()
+    assert versus[1].split()[-2:] == ["0.50", "0.50"] and versus[2].split()[-2:] == ["1.00", "-"]
+
+
+@pytest.mark.notebook
+def test_bench_runs_cold_then_warm_in_its_own_cache_and_compares_with_a_previous_run(tmp_path):
+    env = dict(os.environ, TLKIT_CACHE=str(tmp_path / "users_cache"), TLKIT_PROGRESS="0")
+    first = subprocess.run([sys.executable, "-m", "tlkit", "bench", "00", "--out", str(tmp_path / "b1")],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    summary = json.loads((tmp_path / "b1" / "bench.json").read_text())
+    for phase in ("cold", "warm"):
+        lesson = summary[phase]["00_welcome"]
+        assert lesson["status"] == "ok" and lesson["wall_s"] > 0 and lesson["cpu_s"] > 0 and lesson["peak_mb"] > 0
+        assert (tmp_path / "b1" / phase / "00_welcome.ipynb").exists()
+    assert (tmp_path / "b1" / "cache").is_dir() and not (tmp_path / "users_cache").exists()   # the user's cache untouched
+    again = subprocess.run([sys.executable, "-m", "tlkit", "bench", "00", "--out", str(tmp_path / "b2"),
+                            "--against", str(tmp_path / "b1" / "bench.json")],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "cold new/old" in again.stdout and "00_welcome" in again.stdout
+    bad = subprocess.run([sys.executable, "-m", "tlkit", "bench", "00", "--out", str(tmp_path / "b3"),
+                          "--against", str(tmp_path / "nothing.json")], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "not a readable bench.json" in bad.stderr

@@ -1,0 +1,105 @@
+"""`python -m tlkit bench`: the quick course run twice, on an empty cache and then on the cache it filled.
+
+Each run is the lesson runner's (`run_lessons`): every lesson in its own process, with its wall time,
+CPU time and peak memory. The two runs share one fresh `$TLKIT_CACHE` inside the bench folder, so the
+first is cold (features computed, datasets read from the embedded pack or `$TLKIT_DATA`) and the second
+warm. `bench.json` holds both, the warm/cold ratio and each lesson's share of the course; given a
+previous `bench.json`, a table compares the two. Only ratios within one run are worth comparing across
+machines: absolute seconds depend on the machine.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .errors import ParameterError
+from .lessons import REPO, LessonResult, run_lessons
+
+__all__ = ["bench", "summarise", "compare_table", "PHASES"]
+
+PHASES = ("cold", "warm")
+
+
+@contextlib.contextmanager
+def cache_at(path: Path) -> Iterator[None]:
+    """Within the block, `$TLKIT_CACHE` (read by every lesson process) points at `path`."""
+    before = os.environ.get("TLKIT_CACHE")
+    os.environ["TLKIT_CACHE"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TLKIT_CACHE", None)
+        else:
+            os.environ["TLKIT_CACHE"] = before
+
+
+def summarise(runs: dict[str, list[LessonResult]], preset: str) -> dict:
+    """bench.json's content: per phase and lesson wall/CPU seconds and peak MB; totals, warm/cold, shares."""
+    phases = {phase: {r.lesson: {"status": r.status, "wall_s": round(r.wall_s, 2),
+                                 "cpu_s": None if r.cpu_s is None else round(r.cpu_s, 2),
+                                 "peak_mb": None if r.peak_mb is None else round(r.peak_mb)}
+                      for r in results} for phase, results in runs.items()}
+    totals = {phase: round(sum(v["wall_s"] for v in lessons.values()), 2) for phase, lessons in phases.items()}
+    summary = {"preset": preset, "created": dt.datetime.now().isoformat(timespec="seconds"), **phases,
+               "total_wall_s": totals}
+    if totals.get("cold"):
+        summary["warm_over_cold"] = round(totals["warm"] / totals["cold"], 3) if "warm" in totals else None
+        summary["share_of_cold"] = {lesson: round(v["wall_s"] / totals["cold"], 3)
+                                    for lesson, v in phases["cold"].items()}
+    return summary
+
+
+def compare_table(new: dict, old: dict | None = None) -> str:
+    """One line per lesson: cold and warm wall seconds and peak MB, and with `old` the new/old wall ratios."""
+    head = f"{'lesson':28s} {'cold s':>7s} {'warm s':>7s} {'warm/cold':>9s} {'peak MB':>8s}"
+    if old:
+        head += f" {'cold new/old':>12s} {'warm new/old':>12s}"
+    lines = [head]
+    for lesson, cold in new.get("cold", {}).items():
+        warm = new.get("warm", {}).get(lesson, {})
+        ratio = warm["wall_s"] / cold["wall_s"] if warm and cold["wall_s"] else float("nan")
+        peak = max(p for p in (cold.get("peak_mb"), warm.get("peak_mb"), 0) if p is not None)
+        line = f"{lesson:28s} {cold['wall_s']:7.1f} {warm.get('wall_s', float('nan')):7.1f} {ratio:9.2f} {peak:8.0f}"
+        if old:
+            parts = []
+            for phase, now in (("cold", cold), ("warm", warm)):
+                before = old.get(phase, {}).get(lesson)
+                parts.append(f"{now['wall_s'] / before['wall_s']:12.2f}" if now and before and before["wall_s"]
+                             else f"{'-':>12s}")
+            line += " " + " ".join(parts)
+        lines.append(line)
+    totals = new.get("total_wall_s", {})
+    lines.append(f"{'total':28s} {totals.get('cold', float('nan')):7.1f} {totals.get('warm', float('nan')):7.1f} "
+                 f"{new.get('warm_over_cold') or float('nan'):9.2f}")
+    return "\n".join(lines)
+
+
+def bench(ids: Sequence[str] = (), preset: str = "quick", out: Path | None = None,
+          previous: Path | None = None, echo=print) -> dict:
+    """Run the lessons cold then warm into `out` (default runs/bench-<timestamp>); write and return bench.json."""
+    old = None
+    if previous is not None:
+        try:
+            old = json.loads(Path(previous).read_text())
+        except (OSError, ValueError) as exc:
+            raise ParameterError(f"--against {previous}: not a readable bench.json ({exc})") from None
+    out = Path(out or REPO / "runs" / dt.datetime.now().strftime("bench-%Y%m%d-%H%M%S"))
+    cache = out / "cache"
+    shutil.rmtree(cache, ignore_errors=True)   # cold means empty
+    cache.mkdir(parents=True)
+    runs = {}
+    with cache_at(cache):
+        for phase in PHASES:
+            echo(f"== {phase} cache ==")
+            runs[phase] = run_lessons(ids, preset, out / phase, html_export=False, echo=echo, force=True)
+    summary = summarise(runs, preset)
+    (out / "bench.json").write_text(json.dumps(summary, indent=2) + "\n")
+    echo(compare_table(summary, old))
+    echo(f"bench: {out / 'bench.json'}")
+    return summary
