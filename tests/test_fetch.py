@@ -219,3 +219,13 @@ def test_a_bare_clone_runs_lesson_00_offline(tmp_path):
     lesson = json.loads((tmp_path / "run" / "metrics.json").read_text())["lessons"]["00_welcome"]
     assert lesson["status"] == "ok" and lesson["metrics"]["train_size"] == 244
     assert str(clone / "tlkit" / "pack") in (tmp_path / "run" / "00_welcome.ipynb").read_text()
+
+
+def test_size_at_hand_never_starts_a_download_for_a_quick_run(online_cache, tmp_path, capsys):
+    assert data.size_at_hand("dtd10", 192) == 139              # the pack holds dtd10 at 160 px
+    assert "image_size 192 -> 139" in capsys.readouterr().out
+    assert data.size_at_hand("hymenoptera", 192) == 192        # ... and hymenoptera at 224 px
+    assert data.size_at_hand("digits", 192) == 192             # embedded arrays: any size
+    (tmp_path / "mine" / "a").mkdir(parents=True)
+    assert data.size_at_hand(tmp_path / "mine", 192) == 192    # a user's folder is full size
+    assert not online_cache.exists() or not any(online_cache.iterdir())   # online, yet nothing was downloaded

@@ -149,6 +149,12 @@ def test_saved_model_reloads_and_predicts_the_same_classes(tiny_recipe, tmp_path
     r.net.eval()
     with torch.no_grad():
         assert after["class_index"].tolist() == r.net(x).argmax(1).tolist()
+    # images held in memory (the embedded digits) are predicted exactly as the same pixels read from files
+    arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    in_memory = recipe.predict_files(bundle, arrays)
+    assert in_memory["class_index"].tolist() == after["class_index"].tolist()
+    np.testing.assert_allclose(in_memory["probability"], after["probability"], rtol=1e-6)
+    assert in_memory["file"].tolist()[:2] == ["array 0", "array 1"] and set(in_memory["path"]) == {""}
 
 
 def test_save_model_keeps_a_hidden_head(tmp_path):

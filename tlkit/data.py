@@ -208,6 +208,26 @@ def locate(name_or_path: str | os.PathLike, image_size: int | None = None, downl
           f"or point TLKIT_DATA at a folder that holds a full-size '{info.folder}/', or pass a folder path.")
 
 
+def size_at_hand(name_or_path: str | os.PathLike, image_size: int) -> int:
+    """`image_size`, or less when the only copy found without downloading is too small for it.
+
+    Why: a quick run should not start a download of hundreds of MB for a few more pixels; the embedded
+    pack holds dtd10 at 160 px, so a quick preset asking 192 px gets 139 px there (and says so).
+    """
+    if str(name_or_path) in REGISTRY and REGISTRY[str(name_or_path)].fetcher == "embedded":
+        return image_size
+    try:
+        copy = locate(name_or_path, None, download=False)
+    except DatasetNotFoundError:
+        return image_size      # nothing local: the download that follows serves any size
+    if copy.fits(image_size):
+        return image_size
+    size = largest_image_size(copy.shorter_side)
+    print(f"tlkit: image_size {image_size} -> {size}: the copy at hand, {copy.describe()}, serves no more "
+          f"(a full-size copy would be downloaded for {image_size}; pass image_size={image_size} to get it)")
+    return size
+
+
 def resolve(name_or_path: str | os.PathLike, download: bool = True, image_size: int | None = None) -> Path:
     """Return the folder of a registry dataset or of a user path, downloading if needed (see `locate`)."""
     return locate(name_or_path, image_size, download).path

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from . import claims, data, features, models, schedules, tta
@@ -888,7 +889,6 @@ def verdict_retrain(retrained_correct, train_only_correct, n_train: int, n_all: 
 
 def image_size_table(images: data.ImageList, n: int = 200, seed: int = 0) -> pd.DataFrame:
     """Width, height and mode of up to `n` images (read from the file headers, no decoding)."""
-    from PIL import Image
     picked = images.subset(min(n, len(images)), seed) if len(images) else images
     rows = []
     for item, t in zip(picked.items, picked.targets):
@@ -958,17 +958,26 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> M
 
 
 @torch.no_grad()
-def predict_files(bundle: ModelBundle, paths: Sequence[str | os.PathLike], batch_size: int = 8) -> pd.DataFrame:
-    """Predicted class and its probability for image files on disk (one row per file, in order)."""
+def predict_files(bundle: ModelBundle, paths: Sequence, batch_size: int = 8) -> pd.DataFrame:
+    """Predicted class and its probability for image files on disk (one row per file, in order).
+
+    Items may also be images held in memory (numpy arrays, as the embedded digits are); their `file` is
+    "array <i>" and their `path` empty.
+    """
     tfm, net = bundle.transform, bundle.net.eval()
     device = tta.model_device(net)
+    items = [p if isinstance(p, np.ndarray) else str(p) for p in paths]
+
+    def load(item):
+        return Image.fromarray(item).convert("RGB") if isinstance(item, np.ndarray) else data.load_rgb(item)
+
     probs = []
-    paths = [str(p) for p in paths]
-    for i in range(0, len(paths), batch_size):
-        x = torch.stack([tfm(data.load_rgb(p)) for p in paths[i:i + batch_size]]).to(device)
+    for i in range(0, len(items), batch_size):
+        x = torch.stack([tfm(load(item)) for item in items[i:i + batch_size]]).to(device)
         probs.append(net(x).float().softmax(1).cpu())
     probs = torch.cat(probs) if probs else torch.empty(0, len(bundle.classes))
     p, idx = probs.max(1) if len(probs) else (torch.empty(0), torch.empty(0, dtype=torch.long))
-    return pd.DataFrame({"file": [Path(q).name for q in paths], "path": paths,
+    return pd.DataFrame({"file": [f"array {i}" if isinstance(q, np.ndarray) else Path(q).name for i, q in enumerate(items)],
+                         "path": ["" if isinstance(q, np.ndarray) else q for q in items],
                          "predicted": [bundle.classes[int(i)] for i in idx], "class_index": idx.tolist(),
                          "probability": p.tolist()})
