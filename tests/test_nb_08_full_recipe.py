@@ -104,6 +104,9 @@ def test_the_notebook_runs_unchanged_on_other_data(dataset, tmp_path):
         dataset = str(user_folder(tmp_path / "my_photos", PACK_ROOT))
     params = {"preset": "quick", "dataset": dataset, "image_size": 64, "max_train": 80, "max_val": 40,
               "max_test": 40, "lr_find_iters": 8, "model_path": str(tmp_path / "model.pt")}
+    if dataset == "dtd10":   # the preset's size and a small budget: the pack's size and the budget decide
+        del params["image_size"], params["max_train"]
+        params["budget_s"] = 15
     (lesson,) = select(["08"], list_lessons())
     result = execute_in_subprocess(lesson, tmp_path, params, None, False)
     assert result.status == "ok", result.error
@@ -113,5 +116,9 @@ def test_the_notebook_runs_unchanged_on_other_data(dataset, tmp_path):
     assert (tmp_path / "model.pt").exists()
     # claim 23 needs at least two errors to count; claim 24 is always measured
     recorded_claims(m, [23, 24] if m["confusion_errors"] >= 2 else [24])
+    if dataset == "dtd10":
+        text = (tmp_path / result.notebook).read_text()
+        assert "image_size 192 -> 139" in text and "time budget 15 s" in text
+        assert m["n_train_body"] <= m["n_train_used"] <= m["n_train_available"]
     if user:  # the broken file and the stray note are skipped, and the learner is told which
         assert "truncated.jpg (corrupt" in (tmp_path / result.notebook).read_text() and m["n_classes"] == 2
