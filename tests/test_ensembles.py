@@ -179,8 +179,9 @@ def test_cost_vs_members_grows_with_the_members():
     from torch import nn
     from tlkit import ensembles as E
     torch.manual_seed(0)
-    nets = [nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 10)) for _ in range(4)]
-    table = E.cost_vs_members(nets, torch.randn(64, 256), repeats=4)
+    # members of ~20 ms each: long enough that per-call overheads and a busy machine's jitter stay small
+    nets = [nn.Sequential(nn.Linear(512, 2048), nn.ReLU(), nn.Linear(2048, 10)) for _ in range(4)]
+    table = E.cost_vs_members(nets, torch.randn(512, 512), repeats=5)
     assert list(table["members"]) == [1, 2, 3, 4]
     assert (table["cost_low"] <= table["cost_ratio"]).all() and (table["cost_ratio"] <= table["cost_high"]).all()
     assert table["cost_ratio"].iloc[-1] > 2          # four networks of the same size cost several times one
