@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from PIL import Image
 from torch import nn
@@ -78,7 +80,8 @@ def test_a_stage_that_validation_rejects_is_undone_but_shown(tmp_path):
     r.train_head(3, 1e-2)
     before = {k: v.clone() for k, v in r.net.state_dict().items()}
     kept_before = r.net_correct.copy()
-    r._kept_score = (1.01, 0.0)   # a validation accuracy no stage can reach: the stage must be undone
+    # a kept model that got every validation image right: no stage can fix any, so it must be undone
+    r._kept_val_correct = np.ones(len(r.splits.val), bool)
     step = r.train_head_augmented(1, 1e-2)
     assert step.kept is False and step.change is not None and step.acc is not None
     assert all(torch.equal(before[k], v) for k, v in r.net.state_dict().items())
@@ -141,11 +144,34 @@ def test_retrain_verdict_is_the_paired_difference():
     assert "(150" in v.what and "(100)" in v.what
 
 
-def test_a_step_is_kept_on_higher_validation_accuracy_or_a_tie_with_lower_loss():
-    """69 of 76 right is a tie whether it arrives as float32 (a Learner) or float64 (scikit-learn)."""
-    as_float32 = torch.tensor(69 / 76, dtype=torch.float32).item()
-    assert recipe._better((as_float32, 0.2), (69 / 76, 0.3))
-    assert not recipe._better((as_float32, 0.3), (69 / 76, 0.3))      # a full tie keeps the earlier model
-    assert not recipe._better((as_float32, 0.4), (69 / 76, 0.3))
-    assert recipe._better((70 / 76, 9.0), (69 / 76, 0.1))
-    assert not recipe._better((68 / 76, 0.0), (69 / 76, 9.0))
+def test_a_step_is_kept_when_its_net_gain_is_more_than_one_standard_error():
+    def decision(fixed, broke, same=20):
+        start = [False] * fixed + [True] * broke + [True] * same
+        new = [True] * fixed + [False] * broke + [True] * same
+        return recipe.keep_decision(new, start)
+
+    assert decision(2, 0).kept and decision(4, 1).kept and decision(9, 4).kept
+    assert not decision(1, 0).kept          # one image is luck
+    assert not decision(3, 1).kept          # z = 2 / sqrt(4) = 1: not more than one standard error
+    assert not decision(0, 0).kept and decision(0, 0).z == 0.0
+    assert not decision(0, 5).kept
+    assert "fixed 2 and broke 0 of 22 images: a net gain of +2, more than" in decision(2, 0).describe()
+    assert "not more than one standard error (2.0)" in decision(3, 1).describe()
+    assert "no net gain (-2)" in decision(1, 3).describe()
+    with pytest.raises(ValueError, match="different validation images"):
+        recipe.keep_decision([True, False], [True])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=300))
+def test_keep_decision_z_is_the_paired_mean_over_its_standard_error_under_no_difference(pairs):
+    """z from the counts equals mean(d) / sqrt(mean(d^2) / n) over the per-image differences d in {-1, 0, 1}."""
+    new, start = (np.array(col) for col in zip(*pairs))
+    d = new.astype(float) - start.astype(float)
+    out = recipe.keep_decision(new, start)
+    reference = 0.0 if not d.any() else d.mean() / np.sqrt((d ** 2).mean() / d.size)
+    assert out.z == pytest.approx(reference, rel=1e-12, abs=1e-12)
+    assert out.kept == (out.z > 1)
+    swapped = recipe.keep_decision(start, new)
+    assert swapped.z == pytest.approx(-out.z, abs=1e-12) and not (out.kept and swapped.kept)
+

@@ -70,6 +70,20 @@ def test_network_holds_the_kept_model(tiny_recipe):
     assert r.net_correct.tolist() == kept.correct.tolist()
 
 
+def test_every_step_is_kept_or_not_by_its_image_by_image_validation_evidence(tiny_recipe):
+    """Each step's fixed/broke counts are over the same validation images as the model it started from:
+    their net share is the difference of the two validation accuracies, and it alone decides `kept`."""
+    r, _ = tiny_recipe
+    start = r.steps[0]
+    assert start.keep is None
+    for s in r.steps[1:]:
+        assert s.keep.n == len(r.splits.val)
+        assert (s.keep.fixed - s.keep.broke) / s.keep.n == pytest.approx(s.val_acc - start.val_acc, abs=1e-6)
+        assert s.kept == s.keep.kept
+        if s.kept:
+            start = s
+
+
 def test_flip_tta_averages_the_two_mirrored_probabilities(tiny_recipe):
     r, _ = tiny_recipe
     tfm = data.eval_transform(SIZE, r.net.norm)

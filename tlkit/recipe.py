@@ -43,7 +43,7 @@ from .validate import check_positive, check_positive_int
 
 __all__ = ["STEP_NAMES", "Recipe", "WorkPlan", "sgdr_epochs", "fine_tune", "pick_lr", "plot_lr_sweep", "most_confused", "top_losses",
            "per_class_accuracy", "show_top_losses", "waterfall_table", "plot_waterfall", "image_size_table", "ModelBundle", "save_model", "load_model",
-           "predict_files", "hold_out_test", "BestEpoch", "confusion_pairs", "verdict_confusion", "verdict_retrain"]
+           "predict_files", "hold_out_test", "BestEpoch", "KeepDecision", "keep_decision", "confusion_pairs", "verdict_confusion", "verdict_retrain"]
 
 STEP_NAMES = {"probe": "linear probe (baseline)", "head": "pretrained head only", "augment": "+ augmentation (SGDR, cycle_len=1)",
               "unfreeze": "+ unfreeze, differential LRs (cycle_mult=2)", "tta": "+ TTA"}
@@ -88,8 +88,8 @@ class StepResult:
     """One recipe step: test accuracy of its own result, read against the model the step started from.
 
     The step's result is its best validation epoch (never a test-chosen one). `kept` is False unless it
-    beat the model it started from on validation (accuracy, then loss): the recipe then goes on from that
-    model, and the step's change is still shown.
+    beat the model it started from on validation by more than one standard error (`keep`, a
+    `KeepDecision`): the recipe then goes on from that model, and the step's change is still shown.
     """
 
     step: str
@@ -102,6 +102,7 @@ class StepResult:
     start_acc: float | None = None       # test accuracy of the model the step started from
     change: tuple | None = None          # (effect, low, high) against it: paired bootstrap over test images
     correct: np.ndarray | None = field(default=None, repr=False)   # per test image: right or wrong
+    keep: KeepDecision | None = None     # validation's evidence for keeping it (None: nothing to compare with)
 
     def describe(self) -> str:
         """One line a learner reads: validation and test accuracy, the change with its interval, kept or not."""
@@ -114,9 +115,10 @@ class StepResult:
             effect, low, high = self.change
             text += (f", change on test {100 * effect:+.1f} points (95 % interval {100 * low:+.1f} to "
                      f"{100 * high:+.1f}) against the model it started from")
+        if self.keep is not None:
+            text += f"; {self.keep.describe()}"
         if not self.kept:
-            text += ("; it did not beat the model it started from on validation (accuracy, then loss), so the "
-                     "recipe goes on from that one")
+            text += ", so the recipe goes on from the model it started from"
         return text
 
 
@@ -220,26 +222,63 @@ def _snapshot(module: nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _better(score: tuple[float, float], other: tuple[float, float]) -> bool:
-    """Validation (accuracy, loss) `score` beats `other`: a higher accuracy, or the same with a lower loss.
+@dataclass(frozen=True)
+class KeepDecision:
+    """Validation's call on a step, image by image against the model it started from (McNemar's z).
 
-    The same order `BestEpoch` ranks epochs by, used to decide whether a step is kept. Why a tie keeps
-    the model the step started from: a step has to earn its place (and its cost) on validation; on a
-    few dozen validation images a tie says the step showed nothing.
+    Why not "any higher accuracy": on a few dozen validation images one image decides that, and a step's
+    cost buys nothing then. Under "no difference", the net gain `fixed - broke` has a standard error of
+    sqrt(fixed + broke) (only the images the two models disagree on count; Dietterich 1998 recommends this
+    test for comparing two classifiers). A step is kept when its net gain is more than one standard error,
+    z > 1: 2 fixed and none broken is kept, 1 fixed and none broken is not, nor is 3 fixed and 1 broken.
     """
-    tol = 1e-6   # accuracies come as float32 and float64 shares of the same images
-    return score[0] > other[0] + tol or (abs(score[0] - other[0]) <= tol and score[1] < other[1])
+
+    fixed: int     # validation images the step gets right that its start got wrong
+    broke: int     # and the other way round
+    n: int
+
+    @property
+    def z(self) -> float:
+        """Net gain in standard errors (0 when the two models agree on every image)."""
+        return 0.0 if self.fixed + self.broke == 0 else (self.fixed - self.broke) / math.sqrt(self.fixed + self.broke)
+
+    @property
+    def kept(self) -> bool:
+        # exact in integers: (fixed - broke) / sqrt(fixed + broke) > 1
+        return self.fixed > self.broke and (self.fixed - self.broke) ** 2 > self.fixed + self.broke
+
+    def describe(self) -> str:
+        """The validation evidence in words: images fixed and broken, the net gain and its standard error."""
+        gain, se = self.fixed - self.broke, math.sqrt(self.fixed + self.broke)
+        text = f"on validation it fixed {self.fixed} and broke {self.broke} of {self.n} images"
+        if self.fixed + self.broke == 0:
+            return text + " (the same predictions)"
+        if gain <= 0:
+            return text + f": no net gain ({gain:+d})"
+        word = "more" if self.kept else "not more"
+        return text + f": a net gain of {gain:+d}, {word} than one standard error ({se:.1f})"
+
+
+def keep_decision(new_correct, start_correct) -> KeepDecision:
+    """Compare per-image validation correctness of a step's result with the model it started from."""
+    new, old = np.asarray(new_correct, bool), np.asarray(start_correct, bool)
+    if new.shape != old.shape:
+        raise ValueError(f"the two models were scored on different validation images: {new.shape} vs {old.shape}")
+    return KeepDecision(int((new & ~old).sum()), int((old & ~new).sum()), int(new.size))
 
 
 class BestEpoch:
     """A `Learner.fit` callback that keeps the weights of the best validation epoch, for `restore` after the fit.
 
     Best: the highest validation accuracy, then the lowest validation loss (accuracy ties often on a
-    few hundred images). Only copies that tie the best accuracy so far are kept in memory.
+    few hundred images). Only copies that tie the best accuracy so far are kept in memory; `best_correct`
+    holds which validation images the restored epoch got right (for `keep_decision`).
     """
 
     def __init__(self, module: nn.Module):
         self.module, self.best_acc, self.states = module, -1.0, {}
+        self.correct: dict[int, np.ndarray] = {}   # per validation image, of each epoch kept in memory
+        self.best_correct: np.ndarray | None = None
 
     def __call__(self, event: str, learn: Learner) -> None:
         if event != "after_epoch" or learn.last_correct is None:
@@ -248,14 +287,17 @@ class BestEpoch:
         if acc >= self.best_acc:
             if acc > self.best_acc:
                 self.states.clear()
+                self.correct.clear()
             self.best_acc = acc
             self.states[learn.epoch + 1] = _snapshot(self.module)
+            self.correct[learn.epoch + 1] = learn.last_correct.cpu().numpy().astype(bool)
 
     def restore(self, history: pd.DataFrame) -> int:
         """Load the best epoch's weights; returns its number (1-based, within this fit)."""
         rows = history[history["epoch"].isin(list(self.states))]
         best = int(rows.sort_values(["val_acc", "val_loss", "epoch"], ascending=[False, True, True]).iloc[0]["epoch"])
         self.module.load_state_dict(self.states[best])
+        self.best_correct = self.correct[best]
         return best
 
 
@@ -303,7 +345,7 @@ class Recipe:
         self.probe_result: dict | None = None
         self.use_tta = False
         self.work_plan: WorkPlan | None = None
-        self._kept_score: tuple[float, float] | None = None    # validation (acc, loss) of the model kept so far
+        self._kept_val_correct: np.ndarray | None = None       # per validation image, of the model kept so far
         self._kept_correct: np.ndarray | None = None           # its per-image test correctness
         self.net_correct: np.ndarray | None = None              # the network's (no TTA), after the last stage
 
@@ -323,19 +365,23 @@ class Recipe:
                  "start_acc": s.start_acc, "change": None if s.change is None else s.change[0],
                  "change_ci": None if s.change is None else [s.change[1], s.change[2]]} for s in self.steps]
 
+    def _keep(self, val_correct: np.ndarray) -> KeepDecision | None:
+        """Validation's evidence for a step whose result got `val_correct` (None for the first model)."""
+        return None if self._kept_val_correct is None else keep_decision(val_correct, self._kept_val_correct)
+
     def _record_step(self, key: str, start: float, score: tuple[float, float], correct: np.ndarray | None,
-                     kept: bool, **settings) -> StepResult:
+                     val_correct: np.ndarray, keep: KeepDecision | None, kept: bool, **settings) -> StepResult:
         start_correct = self._kept_correct
         change = None
         if correct is not None and start_correct is not None:
             change = claims.paired_bootstrap(correct, start_correct, seed=self.seed)
         result = StepResult(STEP_NAMES[key], None if correct is None else float(np.mean(correct)),
                             time.perf_counter() - start, settings, float(score[0]), float(score[1]), kept,
-                            None if start_correct is None else float(np.mean(start_correct)), change, correct)
+                            None if start_correct is None else float(np.mean(start_correct)), change, correct, keep)
         self.steps = [s for s in self.steps if s.step != result.step]  # a rerun step replaces itself
         self.steps.append(result)
         if kept:
-            self._kept_score, self._kept_correct = (float(score[0]), float(score[1])), correct
+            self._kept_val_correct, self._kept_correct = np.asarray(val_correct, bool), correct
         return result
 
     def step_table(self) -> pd.DataFrame:
@@ -500,8 +546,9 @@ class Recipe:
         self.plan = [p for p in self.plan if p[0] != "probe"]
         if as_head:
             self.plan.insert(0, ("probe", {"C": C, "as_head": True}))
-        return self._record_step("probe", start, (float(np.mean(val_pred == self.val_fs.y.numpy())), val_loss),
-                                 correct, True, C=C, cv_folds=k, train_images=len(y))
+        val_correct = val_pred == self.val_fs.y.numpy()
+        return self._record_step("probe", start, (float(np.mean(val_correct)), val_loss), correct, val_correct,
+                                 None, True, C=C, cv_folds=k, train_images=len(y))
 
     def _linear(self) -> nn.Linear | None:
         head = self.net.head
@@ -523,21 +570,24 @@ class Recipe:
         """Fit, restore the best validation epoch, measure on test, keep it only if validation says so."""
         start = time.perf_counter()
         keeper = BestEpoch(module) if self.select_best else None
-        before = _snapshot(self.net) if keeper and self._kept_score is not None and key != "head" else None
+        before = _snapshot(self.net) if keeper and self._kept_val_correct is not None and key != "head" else None
         hist = learner.fit(epochs, rates, schedule=schedule, callbacks=[keeper] if keeper else ())
         best = keeper.restore(hist) if keeper else len(hist)
         row = hist.iloc[best - 1]
         score = (float(row["val_acc"]), float(row["val_loss"]))
+        val_correct = keeper.best_correct if keeper else learner.last_correct.cpu().numpy().astype(bool)
         correct = self._test_correct_features() if on_features else self.test_correct()
+        keep = self._keep(val_correct) if keeper else None
         kept = True
-        if keeper and self._kept_score is not None and not _better(score, self._kept_score):
+        if keep is not None and not keep.kept:
             if key == "head" and self.probe_result is not None and self._linear() is not None:
                 self._load_probe_head()
                 kept = False
             elif before is not None:
                 self.net.load_state_dict(before)
                 kept = False
-        result = self._record_step(key, start, score, correct, kept, epochs=epochs, best_epoch=best, **settings)
+        result = self._record_step(key, start, score, correct, val_correct, keep, kept, epochs=epochs, best_epoch=best,
+                                   **settings)
         self.net_correct = self._kept_correct   # the network now holds the kept model (no TTA)
         return result
 
@@ -649,8 +699,10 @@ class Recipe:
         if self.test is not None:
             test_probs, test_y = self.tta_probs(mode, images=self.test, **kwargs)
             correct = (test_probs.argmax(1) == test_y).numpy()
-        self.use_tta = self._kept_score is None or _better(score, self._kept_score)
-        return self._record_step("tta", start, score, correct, self.use_tta, mode=mode)
+        val_correct = (probs.argmax(1) == y).numpy()
+        keep = self._keep(val_correct)
+        self.use_tta = keep is None or keep.kept
+        return self._record_step("tta", start, score, correct, val_correct, keep, self.use_tta, mode=mode)
 
     def predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Validation probabilities `[N, K]` and targets `[N]` of the current network (no TTA)."""
