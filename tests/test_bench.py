@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tlkit.bench import compare_table, summarise
+from tlkit.bench import cells_table, compare_table, slowest_cells, summarise
 from tlkit.lessons import LessonResult
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +31,24 @@ def test_summary_ratios_and_shares_come_from_the_per_lesson_numbers():
     assert versus[1].split()[-2:] == ["0.50", "0.50"] and versus[2].split()[-2:] == ["1.00", "-"]
 
 
+def _executed(path, durations):
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": "# prose"}]
+    cells += [{"cell_type": "code", "metadata": {"papermill": {"duration": d}}, "source": [f"step_{i}()\n", "more"]}
+              for i, d in enumerate(durations)]
+    path.write_text(json.dumps({"cells": cells}))
+
+
+def test_slowest_cells_rank_the_code_cells_of_every_notebook_by_papermills_duration(tmp_path):
+    _executed(tmp_path / "01_a.ipynb", [3.0, 40.5, 0.2])
+    _executed(tmp_path / "02_b.ipynb", [12.0, 7.25])
+    (tmp_path / "03_broken.ipynb").write_text("{not json")   # a lesson that failed early is skipped
+    rows = slowest_cells(tmp_path, k=3)
+    assert [(r["notebook"], r["cell"], r["seconds"]) for r in rows] == [("01_a", 2, 40.5), ("02_b", 1, 12.0),
+                                                                       ("02_b", 2, 7.25)]
+    assert rows[0]["first_line"] == "step_1()"
+    assert cells_table(rows).splitlines()[1].split()[:3] == ["01_a", "2", "40.5"]
+
+
 @pytest.mark.notebook
 def test_bench_runs_cold_then_warm_in_its_own_cache_and_compares_with_a_previous_run(tmp_path):
     env = dict(os.environ, TLKIT_CACHE=str(tmp_path / "users_cache"), TLKIT_PROGRESS="0")
@@ -42,6 +60,7 @@ def test_bench_runs_cold_then_warm_in_its_own_cache_and_compares_with_a_previous
         lesson = summary[phase]["00_welcome"]
         assert lesson["status"] == "ok" and lesson["wall_s"] > 0 and lesson["cpu_s"] > 0 and lesson["peak_mb"] > 0
         assert (tmp_path / "b1" / phase / "00_welcome.ipynb").exists()
+        assert summary["slowest_cells"][phase] and {r["notebook"] for r in summary["slowest_cells"][phase]} == {"00_welcome"}
     assert (tmp_path / "b1" / "cache").is_dir() and not (tmp_path / "users_cache").exists()   # the user's cache untouched
     again = subprocess.run([sys.executable, "-m", "tlkit", "bench", "00", "--out", str(tmp_path / "b2"),
                             "--against", str(tmp_path / "b1" / "bench.json")],

@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 from .errors import ParameterError
 from .lessons import REPO, LessonResult, run_lessons
 
-__all__ = ["bench", "summarise", "compare_table", "PHASES"]
+__all__ = ["bench", "summarise", "compare_table", "slowest_cells", "cells_table", "PHASES"]
 
 PHASES = ("cold", "warm")
 
@@ -37,6 +37,33 @@ def cache_at(path: Path) -> Iterator[None]:
             os.environ.pop("TLKIT_CACHE", None)
         else:
             os.environ["TLKIT_CACHE"] = before
+
+
+def slowest_cells(folder: Path, k: int = 10) -> list[dict]:
+    """The `k` longest-running code cells of the executed notebooks in `folder` (papermill's per-cell duration).
+
+    Each row: notebook, cell index, seconds and the cell's first line, to say where a profile should look first.
+    """
+    rows = []
+    for path in sorted(Path(folder).glob("*.ipynb")):
+        try:
+            cells = json.loads(path.read_text())["cells"]
+        except (OSError, ValueError, KeyError):
+            continue   # a lesson that failed before writing its notebook has no cells to rank
+        for index, cell in enumerate(cells):
+            seconds = cell.get("metadata", {}).get("papermill", {}).get("duration")
+            if cell.get("cell_type") == "code" and seconds is not None:
+                source = "".join(cell.get("source", "")).strip().splitlines() or [""]
+                rows.append({"notebook": path.stem, "cell": index, "seconds": round(float(seconds), 2),
+                             "first_line": source[0][:80]})
+    return sorted(rows, key=lambda r: -r["seconds"])[:k]
+
+
+def cells_table(rows: Sequence[dict]) -> str:
+    """The slowest cells as aligned text lines."""
+    lines = [f"{'notebook':28s} {'cell':>4s} {'s':>7s}  first line"]
+    lines += [f"{r['notebook']:28s} {r['cell']:4d} {r['seconds']:7.1f}  {r['first_line']}" for r in rows]
+    return "\n".join(lines)
 
 
 def summarise(runs: dict[str, list[LessonResult]], preset: str) -> dict:
@@ -99,7 +126,9 @@ def bench(ids: Sequence[str] = (), preset: str = "quick", out: Path | None = Non
             echo(f"== {phase} cache ==")
             runs[phase] = run_lessons(ids, preset, out / phase, html_export=False, echo=echo, force=True)
     summary = summarise(runs, preset)
+    summary["slowest_cells"] = {phase: slowest_cells(out / phase) for phase in PHASES}
     (out / "bench.json").write_text(json.dumps(summary, indent=2) + "\n")
     echo(compare_table(summary, old))
+    echo("ten slowest cells, cold cache:\n" + cells_table(summary["slowest_cells"]["cold"]))
     echo(f"bench: {out / 'bench.json'}")
     return summary
