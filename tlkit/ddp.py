@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .env import threads
+
 N_SAMPLES, EPOCHS, LR = 256, 1, 0.05
 
 
@@ -111,12 +113,8 @@ def run_two_processes(out: str | Path, batch_per_process: int = 16, world: int =
 
 def single_process(batch_size: int) -> dict:
     """`train` in this process, on one thread, with the global batch."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with threads(1):
         return train(batch_size)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def gradient_match(ddp: dict, single: dict, rtol: float = 1e-4, atol: float = 1e-6) -> dict:

@@ -1,10 +1,12 @@
 """Device choice, seeding, threads and a one-call environment report."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
 import sys
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -46,6 +48,17 @@ def set_threads(n: int | None = None) -> int:
         n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[int]:
+    """Within the block, torch uses `n` CPU threads; the previous count comes back after, even on error."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def memory_total_gb() -> float | None:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
 from .data import ImageList
+from .env import threads
 
 
 def store_transform(size: int) -> T.Compose:
@@ -253,14 +254,10 @@ def stage_timings(dataset: ImageList, store: MemmapImageStore, size: int, batch_
     device = torch.device(device)
     resize = T.Compose([T.ToImage(), T.Resize(size, antialias=True), T.CenterCrop(size)])
     rng = np.random.default_rng(seed)
-    rows, threads = [], torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a DataLoader worker; a shared machine's thread wake-ups would swamp the copy
-    try:
+    with threads(1):  # as in a DataLoader worker; a shared machine's thread wake-ups would swamp the copy
         rows = [_time_one_batch(dataset, store, resize, default_collate, device,
                                 rng.choice(len(dataset), batch_size, replace=False).tolist())
                 for _ in range(n_batches)]
-    finally:
-        torch.set_num_threads(threads)
     return pd.DataFrame(rows)
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .env import threads
+
 FORMATS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -331,12 +333,8 @@ def train_fp16_variant(variant: str, problem, steps: int = 300, lr: float = 0.00
 def fp16_training_runs(seeds=(0, 1, 2), variants=FP16_VARIANTS, **kwargs) -> list[dict]:
     """`train_fp16_variant` for every variant and seed on the same toy problem."""
     problem = toy_problem()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny MLP: one thread is faster than two contending ones
-    try:
+    with threads(1):  # a tiny MLP: one thread is faster than two contending ones
         return [train_fp16_variant(v, problem, seed=s, **kwargs) for s in seeds for v in variants]
-    finally:
-        torch.set_num_threads(threads)
 
 
 def fp16_table(runs: list[dict], reference: str = "fp32") -> pd.DataFrame:
