@@ -112,3 +112,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def big_folder(tmp_path_factory):
+    """5,000 real texture crops in 5 class folders, no split (4,000 training / 1,000 validation images once
+    split): a user's large folder, built once per session for the lessons' budget tests."""
+    from support import crops_folder
+    from tlkit.data import PACK_ROOT
+    return crops_folder(tmp_path_factory.mktemp("big") / "textures", PACK_ROOT / "dtd10",
+                        ["banded", "blotchy", "braided", "bubbly", "bumpy"], per_class=1000)
+
+
+@pytest.fixture
+def run_on_folder(tmp_path):
+    """`run_on_folder("01", folder, "dataset")` -> (LessonResult, executed notebook text), quick preset."""
+    def run(lesson_id: str, folder: Path, param: str = "dataset", **params):
+        from tlkit.lessons import execute_in_subprocess, list_lessons, select
+        (lesson,) = select([lesson_id], list_lessons())
+        result = execute_in_subprocess(lesson, tmp_path, {"preset": "quick", param: str(folder), **params}, None, False)
+        assert result.status == "ok", result.error
+        return result, (tmp_path / result.notebook).read_text()
+    return run

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from PIL import Image
 
@@ -192,3 +194,30 @@ def test_fingerprint_changes_with_files(tmp_path):
     Image.new("RGB", (41, 30)).save(a.items[0])
     os.utime(a.items[0], ns=(1, 1))
     assert a.fingerprint() != before
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=6), st.data())
+def test_at_most_indices_keeps_exactly_count_with_every_class_near_its_share(sizes, draw):
+    targets = [c for c, size in enumerate(sizes) for _ in range(size)]
+    count = draw.draw(st.integers(len(sizes), len(targets)))
+    seed = draw.draw(st.integers(0, 3))
+    kept = data.at_most_indices(targets, count, seed)
+    assert kept == sorted(set(kept)) and len(kept) == count
+    per_class = np.bincount(np.asarray(targets)[kept], minlength=len(sizes))
+    share = count * np.asarray(sizes) / len(targets)
+    # every class is kept, and none takes more than one image over its share (one is every class's floor)
+    assert (per_class >= 1).all() and (per_class <= np.maximum(1, share + 1) + 1e-9).all()
+    assert kept == data.at_most_indices(targets, count, seed)   # seeded: the same images again
+
+
+def test_splits_at_most_cuts_only_what_is_over_and_says_so(capsys):
+    splits = data.get_splits("digits", seed=0)            # 1,437 training / 360 validation images, 10 classes
+    same = splits.at_most(5000, None)
+    assert (len(same.train), len(same.val)) == (len(splits.train), len(splits.val)) and capsys.readouterr().out == ""
+    small = data.get_splits("digits", seed=0, max_train=250, max_val=100)
+    assert (len(small.train), len(small.val)) == (250, 100)
+    assert set(small.train.targets) == set(range(10)) and "using a seeded, stratified 250 / 100" in capsys.readouterr().out
+    for bad in (0, 5, 2.5, "250"):                        # 5 < 10 classes: every class needs an image
+        with pytest.raises(data.ParameterError, match="max_train"):
+            splits.at_most(max_train=bad)

@@ -79,3 +79,12 @@ def test_quick_preset_fits_in_binder_memory(metrics, lesson_result):
     """Binder gives 2 GB; the course's budget is 1.5 GB per notebook, the kernel process included."""
     assert metrics["peak_rss_mb"] < 2048
     assert lesson_result("01").peak_mb < 1536
+
+
+@pytest.mark.notebook
+def test_a_folder_of_5000_images_is_limited_to_the_presets_images(big_folder, run_on_folder):
+    """4,000 training / 1,000 validation images: every strategy trains on the stated 250 / 160, not on all."""
+    result, text = run_on_folder("01", big_folder)
+    assert "has 4,000 training / 1,000 validation images; using a seeded, stratified 250 / 160" in text
+    assert {row["train_images"] for row in result.metrics["results"]} == {250}
+    assert result.peak_mb < 1536   # memory follows the limits, not the folder

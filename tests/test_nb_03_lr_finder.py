@@ -53,3 +53,10 @@ def test_claims_12_and_13_are_recorded_over_repeated_runs(lesson_metrics):
 
 def test_quick_preset_fits_binder(lesson_result):
     assert lesson_result("03").peak_mb < 2048
+
+
+def test_a_folder_of_5000_images_is_limited_to_the_presets_images(big_folder, run_on_folder):
+    result, text = run_on_folder("03", big_folder)
+    assert "has 4,000 training / 1,000 validation images; using a seeded, stratified 1,000 / 400" in text
+    assert "1000 training, 200 validation and 200 test images" in text
+    assert result.peak_mb < 1536

@@ -70,3 +70,10 @@ def test_accuracies_are_well_above_chance(lesson_metrics):
 
 def test_quick_preset_fits_binder(lesson_result):
     assert lesson_result("05").peak_mb < 1536
+
+
+def test_a_folder_of_5000_images_is_limited_to_the_presets_images(big_folder, run_on_folder):
+    result, text = run_on_folder("05", big_folder, param="similar")
+    assert "has 4,000 training / 1,000 validation images; using a seeded, stratified 250 / 200" in text
+    assert "250 training / 200 validation images" in text
+    assert result.peak_mb < 1536

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from support import crops_folder, recorded_claims
+from support import recorded_claims
 
 from tlkit.claims import proportion_interval
 from tlkit.data import PACK_ROOT
@@ -66,19 +66,13 @@ def test_every_image_of_the_default_dataset_fits_the_budget(lesson_metrics):
     assert m["n_train_available"] == m["n_train_used"] == m["n_train_body"] == 244
 
 
-def test_a_folder_of_5000_images_is_sized_to_the_budget(tmp_path):
+def test_a_folder_of_5000_images_is_sized_to_the_budget(big_folder, run_on_folder, tmp_path):
     """The quick preset on a big folder: the budget, not the folder, decides how many images each step sees."""
-    folder = crops_folder(tmp_path / "textures", PACK_ROOT / "dtd10",
-                          ["banded", "blotchy", "braided", "bubbly", "bumpy"], per_class=1000)
-    (lesson,) = select(["08"], list_lessons())
-    result = execute_in_subprocess(lesson, tmp_path, {"preset": "quick", "dataset": str(folder),
-                                                      "model_path": str(tmp_path / "model.pt")}, None, False)
-    assert result.status == "ok", result.error
+    result, text = run_on_folder("08", big_folder, model_path=str(tmp_path / "model.pt"))
     m = result.metrics
     assert m["n_train_available"] == 3000 and m["n_val"] == 150 and m["n_test"] == 200   # 60/20/20, then capped
     assert 0 < m["n_train_body"] < m["n_train_used"] < m["n_train_available"]
-    assert "training images for the steps on precomputed features and a stratified" in (
-        tmp_path / result.notebook).read_text()
+    assert "training images for the steps on precomputed features and a stratified" in text
     _check_waterfall(m)
     assert result.peak_mb < 1536   # memory follows the budget, not the folder
 

@@ -14,7 +14,7 @@ import os
 import urllib.error
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
 from . import fetch
-from .errors import ChecksumError, DatasetLayoutError, DatasetNotFoundError
+from .errors import ChecksumError, DatasetLayoutError, DatasetNotFoundError, ParameterError
 from .validate import check_fraction, check_positive_int
 
 IMAGE_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "PPM", "MPO"}
@@ -414,6 +414,29 @@ def stratified_indices(targets: Sequence[int], fraction_or_count: float | int, s
     return sorted(chosen)
 
 
+def at_most_indices(targets: Sequence[int], count: int, seed: int = 0) -> list[int]:
+    """Exactly `count` seeded indices (all when there are fewer), every class at its share of them.
+
+    Shares are apportioned by largest remainder with one image per class as a floor, so the total is
+    exact (`stratified_indices` rounds each class on its own and can miss by a few).
+    """
+    targets = np.asarray(targets)
+    if count >= len(targets):
+        return list(range(len(targets)))
+    classes, sizes = np.unique(targets, return_counts=True)
+    quota = count * sizes / len(targets)
+    take = np.minimum(sizes, np.maximum(1, np.floor(quota))).astype(int)
+    while take.sum() < count:   # the class furthest below its share (with images left) gets one more
+        room = np.where(take < sizes, quota - take, -np.inf)
+        take[int(np.argmax(room))] += 1
+    while take.sum() > count:   # only when the one-image floor overshoots: the class furthest above gives one
+        over = np.where(take > 1, take - quota, -np.inf)
+        take[int(np.argmax(over))] -= 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(targets == c), size=k, replace=False) for c, k in zip(classes, take)]
+    return sorted(int(i) for part in chosen for i in part)
+
+
 def stratified_split(targets: Sequence[int], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
     """Seeded stratified (train, val) index lists, as scikit-learn's `train_test_split` makes them."""
     from sklearn.model_selection import train_test_split
@@ -452,18 +475,44 @@ class Splits:
                 f"Load it with data.get_splits({self.name!r}, image_size={image_size}) to get a full-size copy "
                 f"(downloaded when online).")
 
+    def at_most(self, max_train: int | None = None, max_val: int | None = None, seed: int = 0) -> "Splits":
+        """At most `max_train` training and `max_val` validation images (seeded, stratified); None keeps all.
+
+        Why: a quick preset's time and memory must not grow with the folder a learner points it at. It
+        prints what it kept when a limit cuts, so a notebook always says what it used.
+        """
+        limits = {"max_train": max_train, "max_val": max_val}
+        for key, value in limits.items():
+            if value is not None and check_positive_int(key, value, 250) < len(self.classes):
+                raise ParameterError(f"{key}={value} keeps fewer images than {self.name or 'the dataset'} has "
+                                     f"classes ({len(self.classes)}); use at least {2 * len(self.classes)}.")
+        train, val = (part if cap is None or len(part) <= cap else part.take(at_most_indices(part.targets, cap, seed))
+                      for part, cap in ((self.train, max_train), (self.val, max_val)))
+        if (len(train), len(val)) != (len(self.train), len(self.val)):
+            print(f"tlkit: {self.name or self.root} has {len(self.train):,} training / {len(self.val):,} validation "
+                  f"images; using a seeded, stratified {len(train):,} / {len(val):,} (max_train={max_train}, "
+                  f"max_val={max_val}: the preset's limits, so the run's cost does not grow with the folder; "
+                  "raise them to use more)")
+        return replace(self, train=train, val=val)
+
     def __repr__(self) -> str:
         return (f"Splits({self.name or self.root}: {len(self.classes)} classes, "
                 f"train {len(self.train)}, val {len(self.val)})")
 
 
 def get_splits(name_or_path: str | os.PathLike = "hymenoptera", seed: int = 0, val_fraction: float = 0.2,
-               download: bool = True, image_size: int | None = None) -> Splits:
+               download: bool = True, image_size: int | None = None, max_train: int | None = None,
+               max_val: int | None = None) -> Splits:
     """Load a dataset's train/val images; a folder without `train/` and `val/` is split (seeded, stratified).
 
     `image_size` is the largest size the caller will view the images at: a copy too small for it (the
-    embedded pack) is passed over for a full-size one. None accepts any copy.
+    embedded pack) is passed over for a full-size one. None accepts any copy. `max_train` / `max_val`
+    keep at most that many images of each split (`Splits.at_most`).
     """
+    return _load_splits(name_or_path, seed, val_fraction, download, image_size).at_most(max_train, max_val, seed)
+
+
+def _load_splits(name_or_path, seed: int, val_fraction: float, download: bool, image_size: int | None) -> Splits:
     check_fraction("val_fraction", val_fraction, 0.2, include_one=False)
     if image_size is not None:
         check_positive_int("image_size", image_size, 128)

@@ -220,17 +220,17 @@ def train_head(task, net, epochs: int, lr: float, opt: str = "adamw", progress: 
 
 
 def make_task(dataset: str, image_size: int, fraction: float = 1.0, backbone: str = "efficientnet_lite0",
-              batch_size: int = 32, seed: int = 0, device="cpu", max_val: int | None = None):
+              batch_size: int = 32, seed: int = 0, device="cpu", max_val: int | None = None,
+              max_train: int | None = None):
     """Lesson 01's in-memory `Task` with a seeded, stratified `fraction` of the training images.
 
-    `max_val` caps the validation images (a stratified subset) to bound evaluation time.
+    `max_train` / `max_val` cap the images (stratified, before decoding) to bound time and memory on a
+    large folder; `fraction` then applies to the training images kept.
     """
     from .strategies import make_task as load_task
-    task = load_task(dataset, image_size, backbone, batch_size, seed, device)
+    task = load_task(dataset, image_size, backbone, batch_size, seed, device, max_train=max_train, max_val=max_val)
     if fraction < 1:
         task = dataclasses.replace(task, train=task.train.subset(float(fraction), seed))
-    if max_val is not None and max_val < len(task.val):
-        task = dataclasses.replace(task, val=task.val.subset(int(max_val), seed))
     return task
 
 

@@ -141,9 +141,15 @@ class Task:
 
 def make_task(dataset: str = "hymenoptera", image_size: int = 96, backbone: str = "efficientnet_lite0",
               batch_size: int = 32, seed: int = 0, device: torch.device | str = "cpu",
-              cache_dir: str | Path | None = None, val_fraction: float = 0.2) -> Task:
-    """Load a dataset's splits and decode them once at the size `image_size` needs."""
-    splits = data.get_splits(dataset, seed=seed, val_fraction=val_fraction, image_size=image_size)
+              cache_dir: str | Path | None = None, val_fraction: float = 0.2, max_train: int | None = None,
+              max_val: int | None = None) -> Task:
+    """Load a dataset's splits and decode them once at the size `image_size` needs.
+
+    `max_train` / `max_val` keep at most that many images (seeded, stratified), chosen before decoding:
+    memory follows the limits, not the folder.
+    """
+    splits = data.get_splits(dataset, seed=seed, val_fraction=val_fraction, image_size=image_size,
+                             max_train=max_train, max_val=max_val)
     short_side = int(round(image_size / data.CROP_FRACTION))  # what eval_transform resizes to before its centre crop
     norm = models.LITE0_NORM if backbone == "efficientnet_lite0" else models.IMAGENET_NORM
     return Task(str(dataset), in_memory(splits.train, short_side), in_memory(splits.val, short_side), image_size,
