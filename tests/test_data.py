@@ -209,6 +209,9 @@ def test_at_most_indices_keeps_exactly_count_with_every_class_near_its_share(siz
     # every class is kept, and none takes more than one image over its share (one is every class's floor)
     assert (per_class >= 1).all() and (per_class <= np.maximum(1, share + 1) + 1e-9).all()
     assert kept == data.at_most_indices(targets, count, seed)   # seeded: the same images again
+    if len(sizes) > 1:
+        with pytest.raises(ValueError, match="every class needs an image"):
+            data.at_most_indices(targets, len(sizes) - 1, seed)
 
 
 def test_splits_at_most_cuts_only_what_is_over_and_says_so(capsys):

@@ -424,6 +424,8 @@ def at_most_indices(targets: Sequence[int], count: int, seed: int = 0) -> list[i
     if count >= len(targets):
         return list(range(len(targets)))
     classes, sizes = np.unique(targets, return_counts=True)
+    if count < len(classes):
+        raise ValueError(f"count {count} is fewer than the {len(classes)} classes: every class needs an image")
     quota = count * sizes / len(targets)
     take = np.minimum(sizes, np.maximum(1, np.floor(quota))).astype(int)
     while take.sum() < count:   # the class furthest below its share (with images left) gets one more
