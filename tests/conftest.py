@@ -70,7 +70,7 @@ class LessonRuns:
         self.out, self.preset, self.results = out, preset, {}
 
     def __call__(self, lesson_id: str):
-        from tlkit.lessons import execute_in_subprocess, list_lessons, select
+        from tlkit.cli import execute_in_subprocess, list_lessons, select
         if lesson_id not in self.results:
             (lesson,) = select([lesson_id], list_lessons())
             self.results[lesson_id] = execute_in_subprocess(lesson, self.out, {"preset": self.preset}, None, False)
@@ -128,7 +128,7 @@ def big_folder(tmp_path_factory):
 def run_on_folder(tmp_path):
     """`run_on_folder("01", folder, "dataset")` -> (LessonResult, executed notebook text), quick preset."""
     def run(lesson_id: str, folder: Path, param: str = "dataset", **params):
-        from tlkit.lessons import execute_in_subprocess, list_lessons, select
+        from tlkit.cli import execute_in_subprocess, list_lessons, select
         (lesson,) = select([lesson_id], list_lessons())
         result = execute_in_subprocess(lesson, tmp_path, {"preset": "quick", param: str(folder), **params}, None, False)
         assert result.status == "ok", result.error

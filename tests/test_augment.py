@@ -8,6 +8,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from tlkit import augment as A
+from tlkit.lessons import l02_augment
 
 NAMES = sorted(A.AUGMENTATIONS)
 
@@ -196,7 +197,7 @@ def test_make_transform_validates(pca):
 # ---------------------------------------------------------------- measurements
 
 def test_generalisation_gap():
-    assert A.generalisation_gap(0.95, 0.80) == pytest.approx(0.15)
+    assert l02_augment.generalisation_gap(0.95, 0.80) == pytest.approx(0.15)
 
 
 def test_time_steps_splits_wait_and_compute():
@@ -204,17 +205,17 @@ def test_time_steps_splits_wait_and_compute():
     loader = torch.utils.data.DataLoader(data, batch_size=4)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
     before = net[1].weight.detach().clone()
-    t = A.time_steps(net, loader, n_steps=4, warmup=1)
+    t = l02_augment.time_steps(net, loader, n_steps=4, warmup=1)
     assert t["step_s"] > 0 and t["data_wait_s"] >= 0
     assert t["step_s"] == pytest.approx(t["data_wait_s"] + t["compute_s"])
     assert not torch.equal(net[1].weight, before)  # it really trained
-    assert len(A.time_steps(net, loader, n_steps=10)["events"]) == 10  # 6 batches: restarts the loader
+    assert len(l02_augment.time_steps(net, loader, n_steps=10)["events"]) == 10  # 6 batches: restarts the loader
 
 
 def test_time_steps_events_cover_the_timed_steps():
     data = torch.utils.data.TensorDataset(torch.randn(20, 4), torch.randint(0, 2, (20,)))
     loader = torch.utils.data.DataLoader(data, batch_size=4)
-    t = A.time_steps(torch.nn.Linear(4, 2), loader, n_steps=3, warmup=2)
+    t = l02_augment.time_steps(torch.nn.Linear(4, 2), loader, n_steps=3, warmup=2)
     ev = np.array(t["events"])
     assert ev.shape == (3, 3) and ev[0, 0] == 0
     assert np.all(np.diff(ev.ravel()) >= 0)  # request <= ready <= done <= next request
@@ -245,7 +246,7 @@ def test_fit_with_clean_train_acc_adds_the_clean_accuracy_per_epoch():
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
     noisy = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x + torch.randn_like(x) * 3, y), batch_size=16)
     learn = Learner(torch.nn.Linear(2, 2), SimpleNamespace(train=noisy, val=loader), progress=False)
-    hist = A.fit_with_clean_train_acc(learn, 3, 0.1, loader)
+    hist = l02_augment.fit_with_clean_train_acc(learn, 3, 0.1, loader)
     assert list(hist["epoch"]) == [1, 2, 3] and len(hist["train_acc_clean"]) == 3
     assert hist["train_acc_clean"].iloc[-1] == pytest.approx(learn.evaluate(loader)["acc"])
     assert hist["train_acc_clean"].iloc[-1] == pytest.approx(hist["val_acc"].iloc[-1])  # same images here
@@ -255,16 +256,16 @@ def test_preload_keeps_labels_and_shrinks_to_the_short_side():
     from tlkit.data import ImageList
     rng = np.random.default_rng(0)
     arrays = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(40, 60), (90, 30)]]
-    small = A.preload(ImageList(arrays, [1, 0], ["a", "b"]), short_side=20)
+    small = l02_augment.preload(ImageList(arrays, [1, 0], ["a", "b"]), short_side=20)
     assert small.targets == [1, 0] and small.classes == ["a", "b"]
     assert [small.image(i).size for i in range(2)] == [(30, 20), (20, 60)]
     # a resize of a constant image stays constant: the pixels are the source's, not noise
-    flat = A.preload(ImageList([np.full((50, 50, 3), 77, np.uint8)], [0], ["a"]), 10)
+    flat = l02_augment.preload(ImageList([np.full((50, 50, 3), 77, np.uint8)], [0], ["a"]), 10)
     assert np.all(np.asarray(flat.image(0)) == 77)
 
 
 def test_small_cnn_shapes():
-    net = A.small_cnn(5, width=4)
+    net = l02_augment.small_cnn(5, width=4)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 5)
     convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [4, 8, 16, 32]
@@ -280,8 +281,8 @@ def test_compare_augmentations_averages_each_images_correctness_over_independent
     images = data.ImageList(arrays, targets, ["dark", "bright"])
     plain = data.eval_transform(16, ((0.5,) * 3, (0.5,) * 3))
     args = (images, images, {"plain": plain}, plain, plain, 2, 1e-2, 4, 4)
-    both = A.compare_augmentations(*args, seeds=[0, 1])["plain"]
-    one = [A.compare_augmentations(*args, seeds=[s])["plain"] for s in (0, 1)]
+    both = l02_augment.compare_augmentations(*args, seeds=[0, 1])["plain"]
+    one = [l02_augment.compare_augmentations(*args, seeds=[s])["plain"] for s in (0, 1)]
     for part in ("train", "val", "lit"):
         np.testing.assert_allclose(both["correct"][part], (one[0]["correct"][part] + one[1]["correct"][part]) / 2)
     np.testing.assert_allclose(both["history"]["val_loss"],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tlkit.bench import cells_table, compare_table, slowest_cells, summarise
-from tlkit.lessons import LessonResult
+from tlkit.cli import LessonResult
 
 REPO = Path(__file__).resolve().parent.parent
 

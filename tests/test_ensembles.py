@@ -9,6 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tlkit import ensembles, tta
 from tlkit.features import FeatureSet
+from tlkit.lessons import l06_tta_ensembles
+from tlkit import metrics
 
 
 def small_cnn(seed):
@@ -86,11 +88,11 @@ def test_accuracy_vs_members_first_row_is_the_single_model():
                            [[0.0, 3.0], [3.0, 0.0], [0.0, 1.0]],      # member 1: wrong, right, right
                            [[1.0, 0.0], [2.0, 0.0], [1.0, 0.0]]])     # member 2: right, right, wrong
     targets = torch.tensor([0, 0, 1])
-    table = ensembles.accuracy_vs_members(logits, targets).set_index("members")
+    table = l06_tta_ensembles.accuracy_vs_members(logits, targets).set_index("members")
     assert table.loc[1, "acc"] == pytest.approx(2 / 3)
     assert table.loc[1, "single_acc_mean"] == pytest.approx(2 / 3)
     # by hand: the mean probabilities of all three get items 0 and 1 right, item 2 wrong
-    assert table.loc[3, "acc"] == pytest.approx(tta.accuracy(logits.softmax(-1).mean(0), targets))
+    assert table.loc[3, "acc"] == pytest.approx(metrics.accuracy(logits.softmax(-1).mean(0), targets))
 
 
 def test_ensemble_accepts_models_on_any_device_and_leaves_them_there():
@@ -120,25 +122,25 @@ def test_train_heads_follow_their_seeds_and_shared_init():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(48, 6, generator=g), torch.randint(0, 2, (48,), generator=g)
     train, val = FeatureSet(x, y, classes=["a", "b"]), FeatureSet(x[:8], y[:8], classes=["a", "b"])
-    a, b, c = ensembles.train_heads(train, val, seeds=[0, 0, 1], epochs=2, hidden=8, batch_size=16)
+    a, b, c = l06_tta_ensembles.train_heads(train, val, seeds=[0, 0, 1], epochs=2, hidden=8, batch_size=16)
     for key in a.state_dict():
         assert torch.equal(a.state_dict()[key], b.state_dict()[key])
     assert not torch.equal(a.state_dict()["0.weight"], c.state_dict()["0.weight"])
     # with a shared init and no training steps, heads of different seeds start identical
-    d, e = ensembles.train_heads(train, val, seeds=[2, 3], epochs=1, lr=1e-12, hidden=8, init_seed=7,
+    d, e = l06_tta_ensembles.train_heads(train, val, seeds=[2, 3], epochs=1, lr=1e-12, hidden=8, init_seed=7,
                                  batch_size=16)
     torch.testing.assert_close(d.state_dict()["0.weight"], e.state_dict()["0.weight"], rtol=0, atol=1e-9)
 
 
 def test_outputs_vs_weights_reuses_member_logits_and_is_exact_for_identical_members():
     nets = [small_cnn(s) for s in range(3)]
-    fresh = ensembles.outputs_vs_weights(nets, loader())
+    fresh = l06_tta_ensembles.outputs_vs_weights(nets, loader())
     logits, _ = ensembles.member_logits(nets, loader())
-    assert ensembles.outputs_vs_weights(nets, loader(), logits=logits) == fresh
+    assert l06_tta_ensembles.outputs_vs_weights(nets, loader(), logits=logits) == fresh
     probs, y = ensembles.ensemble_predict(nets, loader())
-    assert fresh["output_avg_acc"] == tta.accuracy(probs, y)
+    assert fresh["output_avg_acc"] == metrics.accuracy(probs, y)
     clones = [nets[0], copy.deepcopy(nets[0])]
-    same = ensembles.outputs_vs_weights(clones, loader())
+    same = l06_tta_ensembles.outputs_vs_weights(clones, loader())
     assert same["weight_avg_acc"] == same["output_avg_acc"] == same["member_acc_mean"]
 
 
@@ -154,34 +156,32 @@ def _logits_from_predictions(preds, k=3):
 def test_ensemble_gain_is_the_vote_minus_the_share_of_members_right():
     import numpy as np
     import torch
-    from tlkit import ensembles as E
     targets = torch.zeros(600, dtype=torch.long)
     # three members, each wrong on its own third of the images: the average is right everywhere
     preds = torch.zeros(3, 600, dtype=torch.long)
     for m in range(3):
         preds[m, m * 200:(m + 1) * 200] = 1 + m % 2
     logits = _logits_from_predictions(preds)
-    assert E.correct_matrix(logits, targets).mean() == pytest.approx(2 / 3)
-    v = E.verdict_ensemble_gain(logits, targets)
+    assert metrics.correct(logits, targets).mean() == pytest.approx(2 / 3)
+    v = l06_tta_ensembles.verdict_ensemble_gain(logits, targets)
     assert v.id == 20 and v.effect == pytest.approx(1 / 3) and v.verdict == "supported" and v.n == 600
     same = _logits_from_predictions(preds[[0, 0, 0]])      # identical members: no gain, an interval of zero width
-    assert E.verdict_ensemble_gain(same, targets).effect == 0.0
+    assert l06_tta_ensembles.verdict_ensemble_gain(same, targets).effect == 0.0
     weight_avg = _logits_from_predictions(torch.ones(600, dtype=torch.long))   # a collapsed weight average
-    w = E.verdict_outputs_vs_weights(logits, weight_avg, targets)
+    w = l06_tta_ensembles.verdict_outputs_vs_weights(logits, weight_avg, targets)
     assert w.effect == pytest.approx(1.0) and w.verdict == "supported"
-    text = E.part_sentence(w, "outputs, not weights")
+    text = l06_tta_ensembles.part_sentence(w, "outputs, not weights")
     assert text.startswith("*Claim 20, outputs, not weights:* in this run,") and "**Claim" not in text
-    assert np.isclose(E.correct_matrix(logits, targets)[0, :200].sum(), 0)
+    assert np.isclose(metrics.correct(logits, targets)[0, :200].sum(), 0)
 
 
 def test_cost_vs_members_grows_with_the_members():
     import torch
     from torch import nn
-    from tlkit import ensembles as E
     torch.manual_seed(0)
     # members of ~20 ms each: long enough that per-call overheads and a busy machine's jitter stay small
     nets = [nn.Sequential(nn.Linear(512, 2048), nn.ReLU(), nn.Linear(2048, 10)) for _ in range(4)]
-    table = E.cost_vs_members(nets, torch.randn(512, 512), repeats=5)
+    table = l06_tta_ensembles.cost_vs_members(nets, torch.randn(512, 512), repeats=5)
     assert list(table["members"]) == [1, 2, 3, 4]
     assert (table["cost_low"] <= table["cost_ratio"]).all() and (table["cost_ratio"] <= table["cost_high"]).all()
     assert table["cost_ratio"].iloc[-1] > 2          # four networks of the same size cost several times one

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tlkit import claims, conv, ddp, pipeline, precision
+from tlkit import claims, conv, pipeline
+from tlkit.lessons import l07_precision
 
 
 @pytest.mark.parametrize("k,padding", [(1, 0), (3, 1), (4, 0), (5, (2, 1)), (7, 3)])
@@ -31,14 +32,14 @@ def test_fft_spectrum_factor_counts_the_rfft_output():
 
 
 def test_kernel_sweep_and_crossover():
-    table, timings = conv.kernel_sweep(kernels=(3, 5), channels=2, size=12, repeats=2, block_s=1e-4)
+    table, timings = l07_precision.kernel_sweep(kernels=(3, 5), channels=2, size=12, repeats=2, block_s=1e-4)
     assert list(table.index) == [3, 5] and set(timings[3]) == {"direct", "im2col", "fft"}
     assert all(len(v) == 2 for v in timings[5].values())
     assert table["max |fft - direct|"].max() < 1e-4
     assert table.loc[3, "im2col bytes / input bytes"] == pytest.approx(9.0)
     fake = pd.DataFrame({"direct ms": [1.0, 2.0, 5.0], "fft ms": [3.0, 2.5, 4.0]}, index=[3, 7, 11])
-    assert conv.fft_crossover(fake) == 11
-    assert conv.fft_crossover(fake.assign(**{"fft ms": 9.0})) is None
+    assert l07_precision.fft_crossover(fake) == 11
+    assert l07_precision.fft_crossover(fake.assign(**{"fft ms": 9.0})) is None
 
 
 def test_weakest_part_decides():
@@ -63,45 +64,45 @@ def test_fp16_store_equals_a_real_fp16_update():
     w16 = torch.randn(1000, generator=g).half()
     grad16 = (torch.randn(1000, generator=g) * 1e-2).half()
     lr = 3e-3
-    emulated = precision.fp16_store(w16.float() - lr * grad16.float())
+    emulated = l07_precision.fp16_store(w16.float() - lr * grad16.float())
     real = w16.clone().add_(grad16, alpha=-lr)          # fp16 storage, rounded once per update
     torch.testing.assert_close(emulated, real.float(), rtol=0, atol=0)
-    assert precision.fp16_store(torch.tensor([1.0 + 2.0**-12])).item() == 1.0   # below half a step: lost
+    assert l07_precision.fp16_store(torch.tensor([1.0 + 2.0**-12])).item() == 1.0   # below half a step: lost
 
 
 def test_fp16_store_stochastic_is_unbiased():
     x = torch.full((20000,), 1.0 + 2.0**-12)           # a quarter of the way from 1 to the next fp16 value
     gen = torch.Generator().manual_seed(0)
-    stored = precision.fp16_store(x, "stochastic", gen)
+    stored = l07_precision.fp16_store(x, "stochastic", gen)
     assert set(stored.unique().tolist()) == {1.0, 1.0 + 2.0**-10}
     assert stored.mean().item() == pytest.approx(x[0].item(), abs=4 * 2.0**-10 * 0.5 / np.sqrt(len(x)))
     with pytest.raises(ValueError):
-        precision.fp16_store(x, "up")
+        l07_precision.fp16_store(x, "up")
 
 
 def test_fp16_variants_train_and_start_from_the_same_loss():
-    problem = precision.toy_problem(n_train=128, n_val=64)
-    runs = {v: precision.train_fp16_variant(v, problem, steps=20, seed=0) for v in precision.FP16_VARIANTS}
+    problem = l07_precision.toy_problem(n_train=128, n_val=64)
+    runs = {v: l07_precision.train_fp16_variant(v, problem, steps=20, seed=0) for v in l07_precision.FP16_VARIANTS}
     assert all(len(r["train_loss"]) == 20 and r["val_item_loss"].shape == (64,) for r in runs.values())
     # the first loss is computed before any update: the fp16 rounding of the initial weights is all that differs
     assert runs["fp32"]["train_loss"][0] == pytest.approx(runs["fp32 master weights (cast up)"]["train_loss"][0],
                                                           abs=1e-3)
     with pytest.raises(ValueError):
-        precision.train_fp16_variant("fp8", problem)
+        l07_precision.train_fp16_variant("fp8", problem)
 
 
 def test_fp16_table_and_verdict_contract():
-    problem = precision.toy_problem(n_train=128, n_val=64)
-    runs = [precision.train_fp16_variant(v, problem, steps=10, seed=s) for s in (0, 1)
-            for v in precision.FP16_VARIANTS]
-    table = precision.fp16_table(runs)
+    problem = l07_precision.toy_problem(n_train=128, n_val=64)
+    runs = [l07_precision.train_fp16_variant(v, problem, steps=10, seed=s) for s in (0, 1)
+            for v in l07_precision.FP16_VARIANTS]
+    table = l07_precision.fp16_table(runs)
     assert table.loc["fp32", "loss - fp32"] == 0.0
-    v = precision.verdict_fp16_convergence(runs)
+    v = l07_precision.verdict_fp16_convergence(runs)
     assert v.id == 28 and v.n == 64 and v.ci[0] <= v.effect <= v.ci[1]
-    naive = np.mean([r["val_item_loss"] for r in runs if r["variant"] == precision.FP16_VARIANTS[1]], axis=0)
-    master = np.mean([r["val_item_loss"] for r in runs if r["variant"] == precision.FP16_VARIANTS[2]], axis=0)
+    naive = np.mean([r["val_item_loss"] for r in runs if r["variant"] == l07_precision.FP16_VARIANTS[1]], axis=0)
+    master = np.mean([r["val_item_loss"] for r in runs if r["variant"] == l07_precision.FP16_VARIANTS[2]], axis=0)
     assert v.effect == pytest.approx(float((naive - master).mean()))
-    assert precision.loss_curves(runs).shape == (10, len(precision.FP16_VARIANTS))
+    assert l07_precision.loss_curves(runs).shape == (10, len(l07_precision.FP16_VARIANTS))
 
 
 def _stages():
@@ -113,15 +114,15 @@ def _stages():
 
 def test_stage_ranking_prose_and_verdict_follow_the_numbers():
     stages = _stages()
-    ranking = pipeline.stage_ranking(stages)
+    ranking = l07_precision.stage_ranking(stages)
     assert ranking["step"].tolist() == ["decode", "resize", "collate", "copy"]
-    text = pipeline.stage_prose(ranking)
+    text = l07_precision.stage_prose(ranking)
     assert "decode > resize > collate > copy" in text and "**4 of 4**" in text
-    v = pipeline.verdict_copy_and_store(stages)
+    v = l07_precision.verdict_copy_and_store(stages)
     assert v.verdict == claims.CONTRADICTED and "decode" in v.what      # the copy is the cheapest step here
     swapped = stages.rename(columns={"copy": "decode", "decode": "copy"})
-    assert "copying the batch is the most expensive step" in pipeline.stage_prose(pipeline.stage_ranking(swapped))
-    assert pipeline.verdict_copy_and_store(swapped).verdict == claims.SUPPORTED
+    assert "copying the batch is the most expensive step" in l07_precision.stage_prose(l07_precision.stage_ranking(swapped))
+    assert l07_precision.verdict_copy_and_store(swapped).verdict == claims.SUPPORTED
 
 
 def test_stage_timings_on_real_images(tmp_path):
@@ -134,8 +135,8 @@ def test_stage_timings_on_real_images(tmp_path):
         paths.append(str(p))
     ds = ImageList(paths, [0, 1] * 3, ["a", "b"])
     store = pipeline.MemmapImageStore.write(ds, tmp_path / "store", 16)
-    stages = pipeline.stage_timings(ds, store, 16, batch_size=3, n_batches=2)
-    assert list(stages.columns) == [*pipeline.STAGES, "memmap"] and len(stages) == 2
+    stages = l07_precision.stage_timings(ds, store, 16, batch_size=3, n_batches=2)
+    assert list(stages.columns) == [*l07_precision.STAGES, "memmap"] and len(stages) == 2
     assert (stages > 0).all().all()
 
 
@@ -144,15 +145,15 @@ def test_bottleneck_prose_reads_the_summary():
                                       "compute_s_per_step": 0.02},
                   "memmap, head only": {"limited_by": "compute", "data_fraction": 0.1, "data_s_per_step": 0.002,
                                         "compute_s_per_step": 0.02}}
-    assert "**was** the limit" in pipeline.bottleneck_prose(data_bound)
+    assert "**was** the limit" in l07_precision.bottleneck_prose(data_bound)
     compute_bound = {**data_bound, "JPEG, head only": {**data_bound["JPEG, head only"], "limited_by": "compute"}}
-    assert "limited by **compute**" in pipeline.bottleneck_prose(compute_bound)
+    assert "limited by **compute**" in l07_precision.bottleneck_prose(compute_bound)
 
 
 def test_gradient_match_counts_entries():
     a = {"grads": torch.ones(3, 4)}
     b = {"grads": torch.ones(3, 4)}
-    assert ddp.gradient_match(a, b)["matches"] == 12
+    assert l07_precision.gradient_match(a, b)["matches"] == 12
     b["grads"][0, 0] = 2.0
-    assert ddp.gradient_match(a, b)["matches"] == 11
-    assert ddp.gradient_match(a, {"grads": torch.ones(2, 4)})["matches"] == 0
+    assert l07_precision.gradient_match(a, b)["matches"] == 11
+    assert l07_precision.gradient_match(a, {"grads": torch.ones(2, 4)})["matches"] == 0

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tlkit import claims, data, features, recipe
+from tlkit import claims, data, features
 from tlkit.train import Learner
+from tlkit.lessons import l08_recipe as recipe
 
 SIZE = 32
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
+from tlkit.lessons import l04_sgdr as L
 
-from tlkit import landscape as L
 
 
 def small_convnet():

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tlkit import layer_change as lc
-from tlkit.models import Net, unfreeze
+from tlkit.models import Net, copy_state, unfreeze
 from tlkit.optim import differential_lrs, param_groups
 from tlkit.train import Learner
+from tlkit.lessons import l05_differential_lr as lc
 
 matplotlib.use("Agg")
 
@@ -66,7 +66,7 @@ def test_change_by_group_equals_lr_times_gradient_after_one_sgd_step():
     net = unfreeze(tiny_net()).double().eval()
     rates = [1e-4, 1e-3, 1e-2, 1e-1]
     opt = torch.optim.SGD(param_groups(net, rates))
-    before = lc.snapshot(net)
+    before = lc.weights_of(net)
     x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
     nn.functional.cross_entropy(net(x), y).backward()
     expected = []
@@ -80,7 +80,7 @@ def test_change_by_group_equals_lr_times_gradient_after_one_sgd_step():
 
 def test_change_by_tensor_lists_weight_matrices_in_network_order():
     net = tiny_net()
-    before = lc.snapshot(net)
+    before = lc.weights_of(net)
     with torch.no_grad():
         net.head.weight.mul_(1.5)
     table = lc.relative_change_by_tensor(net, before)
@@ -93,23 +93,25 @@ def test_finetune_from_is_reproducible_and_a_frozen_group_does_not_move():
     from tlkit.models import freeze_to
     net = unfreeze(tiny_net())
     learn = Learner(net, tiny_loaders(), progress=False, device="cpu")
-    start = lc.copy_state(net)
+    start = copy_state(net)
     lc.finetune_from(learn, start, 1e-2, 1, seed=3)  # consumes the loader's generator and the global RNG
     freeze_to(net, 2)                                # groups 0 and 1 get no rate at all (fit refuses a rate of 0)
     a = lc.finetune_from(learn, start, [1e-3, 1e-3, 1e-3, 1e-2], 2, seed=3, label="a")
-    weights_a = lc.snapshot(net)
+    weights_a = lc.weights_of(net)
     b = lc.finetune_from(learn, start, [1e-3, 1e-3, 1e-3, 1e-2], 2, seed=3, label="b")
-    assert all(torch.equal(weights_a[k], v) for k, v in lc.snapshot(net).items())  # same batches, same result
+    assert all(torch.equal(weights_a[k], v) for k, v in lc.weights_of(net).items())  # same batches, same result
     assert a.acc == b.acc and a.rel_change == b.rel_change
     assert a.rel_change[0] == a.rel_change[1] == 0.0 and a.rel_change[2] > 0 and a.rel_change[3] > 0
     assert a.lrs == [1e-3, 1e-3, 1e-3, 1e-2]
 
 
-def test_compare_ratios_gives_every_run_the_same_head_lr_and_steps_below():
+def test_runs_per_ratio_give_every_run_the_same_head_lr_and_steps_below():
+    from tlkit.schedules import sgdr
     net = unfreeze(tiny_net())
     learn = Learner(net, tiny_loaders(), progress=False, device="cpu")
-    runs = lc.compare_ratios(learn, lc.copy_state(net), 1e-2, ratios=(10, 1, 3, 10), epochs=1)
-    assert list(runs) == ["uniform", "3x", "10x"]  # increasing ratio, each once
+    start = copy_state(net)
+    runs = {lc.ratio_label(r): lc.finetune_from(learn, start, differential_lrs(1e-2, r, 4), 1, sgdr(1, 1),
+                                                label=lc.ratio_label(r)) for r in (1, 3, 10)}
     assert runs["uniform"].lrs == [1e-2] * 4
     np.testing.assert_allclose(runs["10x"].lrs, [1e-5, 1e-4, 1e-3, 1e-2], rtol=1e-12)
     np.testing.assert_allclose(runs["3x"].lrs, [1e-2 / 27, 1e-2 / 9, 1e-2 / 3, 1e-2], rtol=1e-12)
@@ -119,9 +121,6 @@ def test_compare_ratios_gives_every_run_the_same_head_lr_and_steps_below():
     assert len(table) == 12 and list(table["run"].unique()) == ["uniform", "3x", "10x"]
     ax = lc.plot_change_by_group(list(runs.values()))
     assert len([p for p in ax.patches if p.get_height() > 0]) == 12
-    cmp = lc.Comparison("tiny", 10, 0.5, 1e-2, None, runs)
-    assert cmp.uniform is runs["uniform"] and cmp.differential is runs["10x"]
-    assert list(cmp.table()["run"]) == ["head only", "uniform", "3x", "10x"]
 
 
 def test_differential_lrs_is_a_slice_with_the_asked_step():
@@ -138,7 +137,7 @@ def test_frozen_bn_stats_keeps_running_statistics_and_still_trains_the_affine_pa
     bn = net.body[0][1]
     mean, var = bn.running_mean.clone(), bn.running_var.clone()
     learn = Learner(net, tiny_loaders(), progress=False, device="cpu")
-    run = lc.finetune_from(learn, lc.copy_state(net), 1e-2, 1, bn_stats=False)
+    run = lc.finetune_from(learn, copy_state(net), 1e-2, 1, bn_stats=False)
     assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
     assert not torch.equal(bn.weight.detach(), torch.ones_like(bn.weight)) and run.rel_change[0] > 0
     net.train()
@@ -147,7 +146,7 @@ def test_frozen_bn_stats_keeps_running_statistics_and_still_trains_the_affine_pa
     assert bn.training  # each layer leaves the block in the mode it entered
     net.train()
     assert bn.training  # the hooks are gone after the block
-    lc.finetune_from(learn, lc.copy_state(net), 1e-2, 1, bn_stats=True)
+    lc.finetune_from(learn, copy_state(net), 1e-2, 1, bn_stats=True)
     assert not torch.equal(bn.running_mean, mean)
 
 
@@ -173,7 +172,7 @@ def test_lr_from_finder_is_ten_times_below_where_the_loss_doubled():
 def test_group_frozen_leaves_group_0_untouched_and_restores_the_flags():
     net = unfreeze(tiny_net())
     learn = Learner(net, tiny_loaders(), progress=False, device="cpu")
-    start = lc.copy_state(net)
+    start = copy_state(net)
     with lc.group_frozen(net, 0):
         run = lc.finetune_from(learn, start, 1e-2, 1, seed=1)
     assert run.rel_change[0] == 0.0 and run.first_filter_change == 0.0 and run.rel_change[1] > 0
@@ -193,7 +192,7 @@ def test_finetune_from_restarts_a_sampler_generator_too():
                           val=DataLoader(TensorDataset(x[:16], y[:16]), batch_size=16))
     net = unfreeze(tiny_net())
     learn = Learner(net, dls, progress=False, device="cpu")
-    start = lc.copy_state(net)
+    start = copy_state(net)
     a = lc.finetune_from(learn, start, 1e-2, 1, seed=5)
     b = lc.finetune_from(learn, start, 1e-2, 1, seed=5)
     assert a.rel_change == b.rel_change
@@ -203,7 +202,7 @@ def test_study_runs_every_setting_per_seed_and_the_verdicts_read_its_correctness
     from tlkit.claims import verdict_of
     net = unfreeze(tiny_net())
     learn = Learner(net, tiny_loaders(), progress=False, device="cpu")
-    start = lc.copy_state(net)
+    start = copy_state(net)
     found = {"uniform": (None, 1e-3), "3x": (None, 3e-3), "10x": (None, 1e-2)}
     st = lc.study_on(learn, start, "tiny", "dissimilar", 3, 0.5, found, seeds=[0, 1], epochs=1)
     assert list(st.runs) == ["uniform", "3x", "10x", lc.FROZEN0] and all(len(r) == 2 for r in st.runs.values())

@@ -4,8 +4,12 @@ import pandas as pd
 import pytest
 import torch
 
-from tlkit import augment, lr_finder, schedules, snapshots, strategies as S
+from tlkit import schedules, snapshots
 from tlkit.claims import CONTRADICTED, NOT_SHOWN, SUPPORTED
+from tlkit.lessons import l01_transfer as S
+from tlkit.lessons import l02_augment
+from tlkit.lessons import l03_lr_finder
+from tlkit.lessons import l04_sgdr
 
 B, C, D = S.NAMES["precomputed_head"], S.NAMES["last_blocks"], S.NAMES["full_finetune"]
 
@@ -53,42 +57,42 @@ def test_overfitting_verdict_is_the_drop_of_the_gap():
     rng = np.random.default_rng(3)
     plain = {"correct": {"train": correct(rng, 3000, 1.0), "val": correct(rng, 3000, 0.7)}}
     augmented = {"correct": {"train": correct(rng, 3000, 0.85), "val": correct(rng, 3000, 0.75)}}
-    v = augment.verdict_fights_overfitting(plain, augmented)
+    v = l02_augment.verdict_fights_overfitting(plain, augmented)
     assert v.verdict == SUPPORTED and v.effect == pytest.approx(0.3 - 0.1, abs=0.03)
-    assert augment.verdict_fights_overfitting(augmented, plain).verdict == CONTRADICTED
+    assert l02_augment.verdict_fights_overfitting(augmented, plain).verdict == CONTRADICTED
 
 
 def test_worker_verdict_reads_the_waiting_per_step_from_the_events():
     steps = np.arange(20, dtype=float)
     slow = {"events": np.stack([steps, steps + 0.010, steps + 0.5], 1).tolist()}    # 10 ms waiting per step
     fast = {"events": np.stack([steps, steps + 0.001, steps + 0.5], 1).tolist()}
-    v = augment.verdict_workers({"0 workers": slow, "2 workers": fast})
+    v = l02_augment.verdict_workers({"0 workers": slow, "2 workers": fast})
     assert v.verdict == SUPPORTED and v.effect == pytest.approx(0.009) and "+9.00 ms" in v.sentence()
 
 
 @pytest.mark.parametrize("decades, verdict", [([1.0, 1.2, 0.9], SUPPORTED), ([-1.0, -1.2, -0.9], SUPPORTED),
                                               ([1.0, -1.0, 0.1], NOT_SHOWN)])
 def test_a_move_of_the_suggestion_counts_in_either_direction(decades, verdict):
-    v = lr_finder.verdict_rerun_after_change(pd.DataFrame({"decades": decades}))
+    v = l03_lr_finder.verdict_rerun_after_change(pd.DataFrame({"decades": decades}))
     assert v.verdict == verdict and v.effect >= 0
 
 
 def test_min10_vs_steep_compares_held_out_losses_per_image():
     rng = np.random.default_rng(4)
     base = rng.random((3, 500))
-    assert lr_finder.verdict_min10_vs_steep(base, base + 0.2).verdict == SUPPORTED
-    assert lr_finder.verdict_min10_vs_steep(base + 0.2, base).verdict == CONTRADICTED
+    assert l03_lr_finder.verdict_min10_vs_steep(base, base + 0.2).verdict == SUPPORTED
+    assert l03_lr_finder.verdict_min10_vs_steep(base + 0.2, base).verdict == CONTRADICTED
 
 
 def test_sgdr_knobs_match_torch_and_a_wrong_epoch_count_fails():
     sgdr = schedules.sgdr(4, 1, cycle_mult=2)
-    assert schedules.verdict_cycle_knobs(sgdr, 10, 15).verdict == SUPPORTED
-    assert schedules.verdict_cycle_knobs(sgdr, 10, 14).verdict == CONTRADICTED
+    assert l04_sgdr.verdict_cycle_knobs(sgdr, 10, 15).verdict == SUPPORTED
+    assert l04_sgdr.verdict_cycle_knobs(sgdr, 10, 14).verdict == CONTRADICTED
 
 
 def test_wider_valleys_is_a_ratio_over_seeds():
-    assert schedules.verdict_wider_valleys([0.3, 0.25, 0.35], [0.1, 0.08, 0.11]).verdict == SUPPORTED
-    assert schedules.verdict_wider_valleys([0.1, 0.3, 0.1], [0.1, 0.1, 0.3]).verdict == NOT_SHOWN
+    assert l04_sgdr.verdict_wider_valleys([0.3, 0.25, 0.35], [0.1, 0.08, 0.11]).verdict == SUPPORTED
+    assert l04_sgdr.verdict_wider_valleys([0.1, 0.3, 0.1], [0.1, 0.1, 0.3]).verdict == NOT_SHOWN
 
 
 def test_reloaded_weights_predict_the_same(tmp_path):
@@ -101,10 +105,10 @@ def test_reloaded_weights_predict_the_same(tmp_path):
                                                        None), progress=False)
     learn.fit(1, 0.1)
     path = snapshots.save_snapshot(learn.net, tmp_path / "w.pt")
-    assert snapshots.verdict_reload(learn, path).verdict == SUPPORTED
+    assert l04_sgdr.verdict_reload(learn, path).verdict == SUPPORTED
     with torch.no_grad():
         learn.net.weight.mul_(-1)                    # the weights in memory moved on: predictions differ
-    assert snapshots.verdict_reload(learn, path).verdict != SUPPORTED
+    assert l04_sgdr.verdict_reload(learn, path).verdict != SUPPORTED
 
 
 def test_more_data_verdict_resamples_the_seeds_when_the_sweep_has_them():
@@ -127,9 +131,9 @@ def test_sgdr_vs_step_resamples_the_seeds():
     rng = np.random.default_rng(6)
     step = np.stack([correct(rng, 1000, 0.8) for _ in range(4)])
     steady = np.stack([correct(rng, 1000, 0.85) for _ in range(4)])
-    assert schedules.verdict_sgdr_beats_step(steady, step).verdict == SUPPORTED
+    assert l04_sgdr.verdict_sgdr_beats_step(steady, step).verdict == SUPPORTED
     swings = np.stack([correct(rng, 1000, acc) for acc in (0.95, 0.7, 0.95, 0.7)])   # mean +0.025, runs +-0.125
-    v = schedules.verdict_sgdr_beats_step(swings, step)
+    v = l04_sgdr.verdict_sgdr_beats_step(swings, step)
     assert v.verdict == NOT_SHOWN and v.n == 1000
 
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tlkit import lessons
+from tlkit import cli
 from tlkit.config import ParameterError
 
 from support import write_notebook
@@ -24,31 +24,31 @@ def toy_lessons(tmp_path, monkeypatch):
 
 
 def test_list_and_select(toy_lessons):
-    found = lessons.list_lessons()
+    found = cli.list_lessons()
     assert [l.stem for l in found] == ["00_ok", "01_broken"]
-    assert lessons.select(["1"], found)[0].name == "broken"
-    assert lessons.select(["00_ok"], found)[0].id == "00"
+    assert cli.select(["1"], found)[0].name == "broken"
+    assert cli.select(["00_ok"], found)[0].id == "00"
     with pytest.raises(ParameterError, match="no lesson"):
-        lessons.select(["7"], found)
+        cli.select(["7"], found)
 
 
 def test_unknown_parameter_is_refused_before_anything_runs(toy_lessons, tmp_path, capsys):
     out = tmp_path / "run"
-    code = lessons.main(["lessons", "run", "--out", str(out), "-p", "sclae", "2"])
+    code = cli.main(["lessons", "run", "--out", str(out), "-p", "sclae", "2"])
     assert code == 2 and not out.exists()
     err = capsys.readouterr().err
     assert "'sclae'" in err and "preset, scale" in err
 
 
 def test_parse_value():
-    assert lessons.parse_value("3") == 3 and lessons.parse_value("0.5") == 0.5
-    assert lessons.parse_value("None") is None and lessons.parse_value("dtd10") == "dtd10"
-    assert lessons.parse_value("[1, 2]") == [1, 2]
+    assert cli.parse_value("3") == 3 and cli.parse_value("0.5") == 0.5
+    assert cli.parse_value("None") is None and cli.parse_value("dtd10") == "dtd10"
+    assert cli.parse_value("[1, 2]") == [1, 2]
 
 
 def test_failing_lesson_is_reported_and_the_others_still_run(toy_lessons, tmp_path):
     out = tmp_path / "run"
-    results = lessons.run_lessons(["1", "0"], preset="quick", out=out, params={"scale": 2}, echo=lambda *_: None)
+    results = cli.run_lessons(["1", "0"], preset="quick", out=out, params={"scale": 2}, echo=lambda *_: None)
     by_name = {r.lesson: r for r in results}
     broken, ok = by_name["01_broken"], by_name["00_ok"]
     assert broken.status == "failed" and "ValueError: dataset folder has no images" in broken.error
@@ -66,6 +66,6 @@ def test_the_claims_table_marks_settled_verdicts_from_few_runs_as_provisional():
     rows = claims.ledger([("01_x", [claims.judge(3, 0.08, (0.01, 0.15), 153, "c minus b", runs=3).record_entry(),
                                     claims.judge(4, 0.02, (-0.01, 0.05), 153, "c' minus c", runs=3).record_entry(),
                                     claims.judge(1, 0.4, (0.3, 0.5), 153, "a minus e").record_entry()], {}, None)])
-    page = lessons.claims_table_html(rows)
+    page = cli.claims_table_html(rows)
     assert page.count("provisional: 3 runs per setting") == 1        # claim 3 only: 4 is not settled, 1 is one design
     assert page.count("not measured in this run") == len(claims.CLAIMS) - 3

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tlkit.lr_finder import (LRFinderResult, best_lr, lr_find, lr_grid, plot_lr_curves, plot_lr_grid,
-                             smooth_losses, suggest, suggest_steep, suggest_valley)
+from tlkit.lessons.l03_lr_finder import best_lr, lr_grid, plot_lr_grid
+from tlkit.lr_finder import LRFinderResult, lr_find, plot_lr_curves, smooth_losses, suggest, suggest_steep, suggest_valley
 from tlkit.widgets import lr_finder_view as view
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tiny tensors: one thread is faster
@@ -487,7 +487,7 @@ def test_learner_lr_find_uses_its_optimizer_recipe_and_keeps_group_ratios():
     learn = tiny_learner()
     learn.net = net = models.Net(body, head, [body, head], feature_dim=4, norm=None, name="toy", pretrained=False)
     made = []
-    learn.make_optimizer = lambda lr, real=learn.make_optimizer: made.append(real(lr)) or made[-1]
+    learn.opt_factory = lambda groups, wd, real=learn.opt_factory: made.append(real(groups, wd)) or made[-1]
     seen = []
 
     def spy(out, y):
@@ -519,7 +519,7 @@ def seeded_tiny_learner(seed):
 
 def test_rule_losses_sweeps_once_per_seed_and_trains_at_each_rules_own_lr():
     from tlkit.env import seed_everything
-    from tlkit.lr_finder import item_losses, rule_losses
+    from tlkit.lessons.l03_lr_finder import item_losses, rule_losses
     loader = tiny_learner().dls.val
     sweep = dict(start_lr=1e-4, end_lr=10.0, num_it=40, warn=False)
     losses, chosen = rule_losses(seeded_tiny_learner, ("min10", "steep"), 2, [0, 1], loader, **sweep)
@@ -535,3 +535,36 @@ def test_rule_losses_sweeps_once_per_seed_and_trains_at_each_rules_own_lr():
             learn.fit(2, result.lr(rule))
             np.testing.assert_allclose(losses[rule][i], item_losses(learn, loader), rtol=1e-6)
     assert not np.allclose(losses["steep"][0], losses["steep"][1])   # the seeds really are different runs
+
+
+class AutocastProbe(nn.Module):
+    """A linear layer that records, on every forward, the autocast dtype and the input's memory layout."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 2, 1), nn.Linear(2, 2)
+        self.seen = []
+
+    def forward(self, x):
+        on = torch.is_autocast_enabled("cpu")
+        self.seen.append((torch.get_autocast_dtype("cpu") if on else torch.float32,
+                          x.is_contiguous(memory_format=torch.channels_last)))
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16), (None, torch.float32)])
+def test_lr_find_sweeps_a_learner_in_its_own_precision_and_layout(precision, dtype):
+    from types import SimpleNamespace
+
+    from tlkit import Learner
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 4, 4, generator=g), torch.randint(0, 2, (64,), generator=g)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    probe = AutocastProbe()
+    learn = Learner(probe, SimpleNamespace(train=loader, val=loader), opt="sgd", precision=precision,
+                    channels_last=True, progress=False)
+    before = {k: v.clone() for k, v in probe.state_dict().items()}
+    r = lr_find(learn, start_lr=1e-4, end_lr=1e-1, num_it=10, diverge=None, warn=False)
+    assert len(r.lrs) == 10 and r.weights_restored and len(probe.seen) == 10
+    assert set(probe.seen) == {(dtype, True)}
+    assert all(torch.equal(before[k], v) for k, v in probe.state_dict().items())

@@ -9,8 +9,8 @@ from support import recorded_claims
 
 from tlkit.claims import proportion_interval
 from tlkit.data import PACK_ROOT
-from tlkit.lessons import execute_in_subprocess, list_lessons, select
-from tlkit.recipe import STEP_NAMES
+from tlkit.cli import execute_in_subprocess, list_lessons, select
+from tlkit.lessons.l08_recipe import STEP_NAMES
 
 pytestmark = pytest.mark.notebook
 

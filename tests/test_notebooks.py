@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tlkit.lessons import list_lessons
+from tlkit.cli import list_lessons
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tlkit import pipeline as P
 from tlkit.data import ImageList
 from tlkit.train import Learner
+from tlkit.lessons import l07_precision
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +81,7 @@ def test_measure_throughput_counts_every_image():
     r = P.measure_throughput(ds, batch_size=8, epochs=2)
     assert r["images"] == 100 and r["images_per_s"] == pytest.approx(100 / r["seconds"])
     assert P.measure_throughput(ds, batch_size=8, max_batches=2)["images"] == 16
-    table = P.throughput_table({"t": ds}, workers=(0, 1), batch_size=10)
+    table = l07_precision.throughput_table({"t": ds}, workers=(0, 1), batch_size=10)
     assert list(table.num_workers) == [0, 1] and (table.images == 50).all()
 
 
@@ -116,9 +117,9 @@ def test_bottleneck_report_finds_the_slow_side(data_delay, compute_delay, expect
     train = DataLoader(SlowData(16, data_delay), batch_size=4)
     dls = SimpleNamespace(train=train, val=DataLoader(SlowData(4, 0.0), batch_size=4))
     learn = Learner(SlowNet(compute_delay), dls, device="cpu", progress=False)
-    steps = P.bottleneck_report(learn, epochs=2, lr=1e-2)
+    steps = l07_precision.bottleneck_report(learn, epochs=2, lr=1e-2)
     assert len(steps) == 8 and learn.dls is dls  # two epochs of four steps; loaders restored
-    summary = P.bottleneck_summary(steps)
+    summary = l07_precision.bottleneck_summary(steps)
     assert summary["limited_by"] == expected
     slow = "data_s_per_step" if expected == "data" else "compute_s_per_step"
     assert summary[slow] >= 0.16  # the injected delay per step is measured on the right side

@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
+from tlkit.lessons import l07_precision as P
 
-from tlkit import precision as P
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tlkit.lessons import list_lessons
+from tlkit.cli import list_lessons
 from tlkit.notebook_hygiene import problems
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from sklearn.metrics import confusion_matrix, recall_score
 
-from tlkit import claims, data, features, models, recipe
+from tlkit import claims, data, features, models
+from tlkit.lessons import l08_recipe as recipe
 
 SIZE = 32
 

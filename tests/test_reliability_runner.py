@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from support import write_notebook
-from tlkit import lessons
+from tlkit import cli
 
-REPO = lessons.REPO
+REPO = cli.REPO
 ISSUE_PARAMS = {"04": ["n_cycles", "cycle_len"], "05": ["dissimilar_image_size"], "08": ["aug_cycles", "all_cycles"]}
 
 
@@ -109,18 +109,18 @@ def test_a_signal_stops_the_lesson_and_its_kernel_and_marks_it_interrupted(sleep
     assert not second.exists() and not list(out.glob(".*.result.json"))
 
 
-def parameter_lines(lesson: lessons.Lesson) -> list[str]:
+def parameter_lines(lesson: cli.Lesson) -> list[str]:
     """The names a lesson's parameters cell assigns, read with a plain regular expression."""
     cells = nbformat.read(str(lesson.path), as_version=4).cells
     source = next(c.source for c in cells if "parameters" in c.metadata.get("tags", []))
     return re.findall(r"^([A-Za-z_]\w*)\s*=", source, flags=re.M)
 
 
-@pytest.mark.parametrize("lesson", lessons.list_lessons(REPO / "notebooks"), ids=lambda l: l.stem)
+@pytest.mark.parametrize("lesson", cli.list_lessons(REPO / "notebooks"), ids=lambda l: l.stem)
 def test_every_parameter_of_every_lesson_is_accepted_by_p(lesson):
     names = parameter_lines(lesson)
     assert "preset" in names and set(ISSUE_PARAMS.get(lesson.id, [])) <= set(names)
-    accepted = lessons.check_parameters([lesson], {name: "x" for name in names})
+    accepted = cli.check_parameters([lesson], {name: "x" for name in names})
     assert sorted(accepted[lesson.stem]) == sorted(names)
 
 
@@ -128,22 +128,22 @@ def test_lessons_list_prints_no_warning_and_shows_help(capsys):
     listing = subprocess.run([sys.executable, "-m", "tlkit", "lessons", "list"], cwd=REPO, capture_output=True,
                              text=True, timeout=120, env=dict(os.environ, TLKIT_NOTEBOOKS=str(REPO / "notebooks")))
     assert listing.returncode == 0 and listing.stderr == "" and "n_cycles=None" in listing.stdout
-    assert lessons.main(["lessons", "list", "-v", "4"]) == 0
+    assert cli.main(["lessons", "list", "-v", "4"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.split()[:1] == ["cycle_len"])
     assert "epochs of its first cycle (budget = cycle_len * (2**n_cycles - 1))" in line
 
 
 def test_parse_parameters_reads_names_defaults_and_comments():
-    found = lessons.parse_parameters(
+    found = cli.parse_parameters(
         'dataset = "hymenoptera"  # a registry name (dtd10, digits) or ANY folder\n'
         "                         # of class folders (split 80/20)\n"
         "# a section heading, not help\n"
         "grid_lrs: tuple = (1e-4, 1.0)  # (lowest, highest)\n"
         "size = 2 ** 5\n")
-    assert found["dataset"] == lessons.Parameter(
+    assert found["dataset"] == cli.Parameter(
         "dataset", "hymenoptera", "a registry name (dtd10, digits) or ANY folder of class folders (split 80/20)")
-    assert found["grid_lrs"] == lessons.Parameter("grid_lrs", (1e-4, 1.0), "(lowest, highest)")
-    assert found["size"] == lessons.Parameter("size", "2 ** 5", "")
+    assert found["grid_lrs"] == cli.Parameter("grid_lrs", (1e-4, 1.0), "(lowest, highest)")
+    assert found["size"] == cli.Parameter("size", "2 ** 5", "")
 
 
 names = st.from_regex(r"[a-z_][a-z0-9_]{0,12}", fullmatch=True).filter(lambda n: not keyword.iskeyword(n))
@@ -157,7 +157,7 @@ comments = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=
 @given(st.dictionaries(names, st.tuples(literals, comments), min_size=1, max_size=5))
 def test_any_literal_with_any_comment_parses_back(params):
     source = "\n".join(f"{name} = {value!r}  # {text}" for name, (value, text) in params.items())
-    found = lessons.parse_parameters(source)
+    found = cli.parse_parameters(source)
     assert {n: (p.default, p.help) for n, p in found.items()} == params
 
 
@@ -169,7 +169,7 @@ def test_a_value_reaches_the_executed_notebook_through_a_comment_with_parenthese
              "print(f'n_cycles={n_cycles!r} preset={preset!r}')")
     monkeypatch.setenv("TLKIT_NOTEBOOKS", str(folder))
     out = tmp_path / "run"
-    assert lessons.main(["lessons", "run", "--out", str(out), "--no-html", "-p", "n_cycles", "2"]) == 0
+    assert cli.main(["lessons", "run", "--out", str(out), "--no-html", "-p", "n_cycles", "2"]) == 0
     assert "n_cycles=2 preset='auto'" in outputs(out / "00_cycles.ipynb")
     tags = [c.metadata.get("tags") for c in nbformat.read(str(out / "00_cycles.ipynb"), as_version=4).cells]
     assert tags[:2] == [["parameters"], ["injected-parameters"]]
@@ -194,7 +194,7 @@ def test_an_unwritable_out_is_refused_before_any_lesson_runs(marking_lesson, tmp
     (tmp_path / "a_file").write_text("not a folder")
     out = {"parent is a file": tmp_path / "a_file" / "run", "/proc/self": Path("/proc/self"),
            "an existing file": tmp_path / "a_file"}[where]
-    assert lessons.main(["lessons", "run", "--out", str(out)]) == 2
+    assert cli.main(["lessons", "run", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--out {out} is not a writable folder" in err
     assert not marking_lesson.exists()
@@ -202,13 +202,13 @@ def test_an_unwritable_out_is_refused_before_any_lesson_runs(marking_lesson, tmp
 
 def test_a_folder_that_holds_a_run_is_refused_unless_force(marking_lesson, tmp_path, capsys):
     out = tmp_path / "run"
-    assert lessons.main(["lessons", "run", "--out", str(out), "--no-html", "-p", "value", "1"]) == 0
+    assert cli.main(["lessons", "run", "--out", str(out), "--no-html", "-p", "value", "1"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
-    assert lessons.main(["lessons", "run", "--out", str(out), "--no-html", "-p", "value", "2"]) == 2
+    assert cli.main(["lessons", "run", "--out", str(out), "--no-html", "-p", "value", "2"]) == 2
     err = capsys.readouterr().err
     assert "already holds a run" in err and "pass --force" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert lessons.main(["lessons", "run", "--out", str(out), "--no-html", "--force", "-p", "value", "2"]) == 0
+    assert cli.main(["lessons", "run", "--out", str(out), "--no-html", "--force", "-p", "value", "2"]) == 0
     assert "value=2" in outputs(out / "00_value.ipynb")
     assert json.loads((out / "metrics.json").read_text())["lessons"]["00_value"]["status"] == "ok"

@@ -13,8 +13,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from tlkit import schedules, tta
 from tlkit.data import DataLoaders
 from tlkit.errors import CheckpointError, ParameterError
-from tlkit.lr_finder import lr_find, lr_grid
+from tlkit.lessons.l03_lr_finder import lr_grid
+from tlkit.lr_finder import lr_find
 from tlkit.train import Learner
+from tlkit.lessons import l06_tta_ensembles
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tiny tensors: one thread is faster
 
@@ -177,8 +179,8 @@ PROBS = torch.tensor([[0.9, 0.1]])
 TTA_CASES = [
     (lambda: tta.blend(PROBS, PROBS, beta=1.5), "beta=1.5"),
     (lambda: tta.blend(PROBS, PROBS, beta=-0.1), "beta=-0.1"),
-    (lambda: tta.tta_table(torch.zeros(2, 10, 2), torch.zeros(2, dtype=torch.long), beta=2), "beta=2"),
-    (lambda: tta.tta_table(torch.zeros(2, 10, 2), torch.zeros(2, dtype=torch.long), hows=["mean"]),
+    (lambda: l06_tta_ensembles.tta_table(torch.zeros(2, 10, 2), torch.zeros(2, dtype=torch.long), beta=2), "beta=2"),
+    (lambda: l06_tta_ensembles.tta_table(torch.zeros(2, 10, 2), torch.zeros(2, dtype=torch.long), hows=["mean"]),
      "hows=['mean']"),
     (lambda: tta.AugViews(print, print, n=0), "n=0"),
     (lambda: tta.aug_transform(32, n=-1), "n=-1"),

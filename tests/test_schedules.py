@@ -7,6 +7,7 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, CosineAnnealingWarmRestarts, MultiStepLR, OneCycleLR
 
 from tlkit import schedules as S
+from tlkit.lessons import l04_sgdr
 
 BASE_LR = 0.1
 
@@ -187,14 +188,14 @@ def test_compare_trains_each_schedule_for_its_budget_from_the_same_start():
                               val=DataLoader(TensorDataset(x, y), batch_size=16))
         return Learner(torch.nn.Linear(5, 2), dls, opt="sgd", progress=False)
 
-    table, learners = S.compare(make_learner, {"a": S.constant(3), "b": S.step_decay([], total_epochs=3),
+    table, learners = l04_sgdr.compare(make_learner, {"a": S.constant(3), "b": S.step_decay([], total_epochs=3),
                                                "c": S.sgdr(2, 1, 2)}, lr=0.1, seed=3)
     assert list(table["epochs"]) == [3, 3, 3]
     assert table.loc["a", "val_loss"] == table.loc["b", "val_loss"]     # same seed, same schedule: same run
     assert table.loc["a", "val_loss"] != table.loc["c", "val_loss"]
     assert torch.equal(learners["a"].net.weight, learners["b"].net.weight)
     with pytest.raises(ValueError, match="whole number"):
-        S.compare(make_learner, {"half": S.sgdr(1, 0.5)}, lr=0.1)
+        l04_sgdr.compare(make_learner, {"half": S.sgdr(1, 0.5)}, lr=0.1)
 
 
 def test_schedule_explorer_has_the_sgdr_sliders():

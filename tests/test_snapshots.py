@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tlkit import schedules, snapshots
 from tlkit.train import Learner
+from tlkit.lessons import l04_sgdr
 
 
 def tiny_learner(steps_per_epoch=4):
@@ -76,6 +77,6 @@ def test_ensemble_is_the_mean_of_the_snapshots_softmax_and_weights_are_restored(
     ensemble = snapshots.ensemble_probs(probs)
     torch.testing.assert_close(ensemble, (manual[0] + manual[1]) / 2)
     torch.testing.assert_close(ensemble.sum(1), torch.ones(len(y)))
-    table = snapshots.snapshot_table(probs, targets, saver.epochs)
+    table = l04_sgdr.snapshot_table(probs, targets, saver.epochs)
     assert list(table["model"]) == ["snapshot 0 (epoch 1)", "snapshot 1 (epoch 2)", "ensemble of last 2"]
     assert table["acc"].iloc[-1] == pytest.approx((ensemble.argmax(1) == y).float().mean().item())

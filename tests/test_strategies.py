@@ -7,21 +7,22 @@ from torch import nn
 from torchvision.transforms import v2 as T
 
 from tlkit import data, features, models
-from tlkit import strategies as S
+from tlkit.lessons import l01_transfer as S
+from tlkit import tasks
 
 
-def tiny_task(tmp_path, n_train: int = 16, n_val: int = 8, seed: int = 0) -> S.Task:
+def tiny_task(tmp_path, n_train: int = 16, n_val: int = 8, seed: int = 0) -> tasks.Task:
     """Random 36x36 pictures of 2 classes; EfficientNet-Lite0 at 32 px keeps each run to about a second."""
     rng = np.random.default_rng(seed)
     make = lambda n: data.ImageList([rng.integers(0, 256, (36, 36, 3), dtype=np.uint8) for _ in range(n)],
                                     [i % 2 for i in range(n)], ["x", "y"])
-    return S.Task("tiny", make(n_train), make(n_val), image_size=32, batch_size=8, seed=seed,
+    return tasks.Task("tiny", make(n_train), make(n_val), image_size=32, batch_size=8, seed=seed,
                   cache_dir=tmp_path, norm=models.LITE0_NORM)
 
 
 def test_in_memory_copy_is_small_and_looks_like_the_original():
     photos = data.get_splits("hymenoptera").val.take([0, 1, 100])
-    small = S.in_memory(photos, 64)
+    small = tasks.in_memory(photos, 64)
     assert small.targets == photos.targets and small.classes == photos.classes
     for i in range(len(photos)):
         original = photos.image(i)

@@ -153,3 +153,103 @@ def test_seconds_per_image_needs_two_batches():
     learn.dls = DataLoaders(DataLoader(NoisyBlobs(16), batch_size=16), learn.dls.val, ["neg", "pos"], None)
     with pytest.raises(ValueError, match="at least 2 training batches"):
         learn.seconds_per_image()
+
+
+# ---------------------------------------------------------------- events and cancelling
+
+class Recorder:
+    """A callback object: one method per event it cares about."""
+
+    def __init__(self):
+        self.seen = []
+
+    def before_fit(self, learn):
+        self.seen.append("before_fit")
+
+    def before_batch(self, learn):
+        self.seen.append("before_batch")
+
+    def after_loss(self, learn):
+        self.seen.append(("after_loss", float(learn.loss.detach())))
+
+    def after_batch(self, learn):
+        self.seen.append(("after_batch", learn.last_loss))
+
+    def after_fit(self, learn):
+        self.seen.append("after_fit")
+
+
+def test_events_come_in_order_and_after_loss_sees_the_loss_the_step_used():
+    learn, rec = make_learner(), Recorder()
+    learn.fit(1, 1e-2, callbacks=[rec])
+    steps = len(learn.dls.train)
+    assert rec.seen[0] == "before_fit" and rec.seen[-1] == "after_fit" and len(rec.seen) == 2 + 3 * steps
+    for i in range(steps):
+        before, (loss_name, loss), (batch_name, last) = rec.seen[1 + 3 * i: 4 + 3 * i]
+        assert (before, loss_name, batch_name) == ("before_batch", "after_loss", "after_batch") and loss == last
+
+
+@pytest.mark.parametrize("make", [lambda: tlkit_on("after_bach", print),
+                                  lambda: make_learner().fit(1, 1e-2, callbacks=[type("Typo", (), {
+                                      "after_epcoh": lambda self, learn: None})()])])
+def test_a_misspelled_event_is_refused_with_the_list_of_events(make):
+    from tlkit.errors import ParameterError
+    with pytest.raises(ParameterError, match="after_epoch"):
+        make()
+
+
+def tlkit_on(event, fn):
+    from tlkit.train import on
+    return on(event, fn)
+
+
+def test_cancel_epoch_skips_the_rest_of_the_batches_but_still_validates():
+    from tlkit.train import CancelEpoch
+    learn, calls = make_learner(), []
+
+    def stop_after_two(l):
+        calls.append(l.step)
+        if l.step % len(l.dls.train) == 1:
+            raise CancelEpoch
+
+    hist = learn.fit(3, 1e-2, callbacks=[tlkit_on("after_batch", stop_after_two)])
+    assert len(hist) == 3 and len(calls) == 6 and hist["val_acc"].notna().all()
+
+
+def test_cancel_fit_keeps_the_finished_epochs_and_after_fit_still_runs():
+    from tlkit.train import CancelFit
+    learn, ended = make_learner(), []
+
+    def stop_in_second_epoch(l):
+        if l.epoch == 1:
+            raise CancelFit
+
+    hist = learn.fit(4, 1e-2, callbacks=[tlkit_on("after_batch", stop_in_second_epoch),
+                                         tlkit_on("after_fit", lambda l: ended.append(len(l.history)))])
+    assert len(hist) == 1 and ended == [1] and len(learn.history) == 1
+
+
+def test_after_fit_runs_when_fit_raises():
+    learn, ended = make_learner(), []
+
+    def poison(l):
+        l.loss.data.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError):
+        learn.fit(2, 1e-2, callbacks=[tlkit_on("after_loss", poison), tlkit_on("after_fit", ended.append)])
+    assert ended == [learn]
+
+
+def test_batch_timestamps_bracket_the_wait_for_data():
+    import time as _time
+
+    class Slow(NoisyBlobs):
+        def __getitem__(self, i):
+            _time.sleep(0.002)
+            return super().__getitem__(i)
+
+    learn, waits = make_learner(), []
+    learn.dls.train = DataLoader(Slow(), batch_size=16)
+    learn.fit(1, 1e-2, callbacks=[tlkit_on("before_batch", lambda l: waits.append(l.batch_ready_at
+                                                                                  - l.batch_requested_at))])
+    assert len(waits) == 6 and min(waits) >= 16 * 0.002

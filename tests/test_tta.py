@@ -9,6 +9,8 @@ from torch import nn
 from torchvision.transforms import v2 as T
 
 from tlkit import data, tta
+from tlkit.lessons import l06_tta_ensembles
+from tlkit import metrics
 
 NORM = ((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
 
@@ -153,10 +155,10 @@ def test_tta_table_and_fixed_and_broken():
     ten = torch.zeros(3, 10, 2)
     ten[:, :, 1] = 1.0                 # every view says class 1 ...
     ten[1, 4, 1] = -1.0                # ... except item 1's centre view, which says class 0
-    table = tta.tta_table(ten, targets, hows=("prob",)).set_index("tta")
+    table = l06_tta_ensembles.tta_table(ten, targets, hows=("prob",)).set_index("tta")
     assert table.loc["center", "acc"] == pytest.approx(1 / 3)
     assert table.loc["ten", "acc"] == pytest.approx(2 / 3)
-    fixed, broken = tta.fixed_and_broken(tta.merge(ten[:, [4]]), tta.merge(ten), targets)
+    fixed, broken = l06_tta_ensembles.fixed_and_broken(tta.merge(ten[:, [4]]), tta.merge(ten), targets)
     assert fixed == [1] and broken == []
 
 
@@ -170,15 +172,14 @@ def test_seconds_per_image_is_positive_and_restores_mode():
 
 def test_verdict_tta_is_paired_over_images():
     import torch
-    from tlkit import tta as TT
     targets = torch.zeros(400, dtype=torch.long)
     plain = torch.tensor([[0.9, 0.1]] * 300 + [[0.2, 0.8]] * 100)
     fixed = plain.clone()
     fixed[300:380] = torch.tensor([0.7, 0.3])                  # TTA fixes 80 of the 100 errors
-    v = TT.verdict_tta(21, plain, fixed, targets, "ten-crop minus plain")
+    v = l06_tta_ensembles.verdict_tta(21, plain, fixed, targets, "ten-crop minus plain")
     assert v.id == 21 and v.effect == pytest.approx(0.2) and v.verdict == "supported" and v.n == 400
-    assert TT.verdict_tta(22, fixed, plain, targets, "x").verdict == "contradicted"
-    assert TT.correct_of(plain, targets).sum() == 300
+    assert l06_tta_ensembles.verdict_tta(22, fixed, plain, targets, "x").verdict == "contradicted"
+    assert metrics.correct(plain, targets).sum() == 300
 
 
 def test_cost_ratio_of_ten_views_is_about_ten():
@@ -190,5 +191,5 @@ def test_cost_ratio_of_ten_views_is_about_ten():
     cost = TT.cost_ratio(net, net, torch.randn(16, 3, 16, 16), views=10, repeats=4)
     assert cost["low"] <= cost["ratio"] <= cost["high"] and len(cost["slow_s"]) == len(cost["fast_s"]) == 4
     assert 3 < cost["ratio"] < 30                                # ten passes, on a shared machine
-    assert "timings of each" in TT.cost_sentence("ten-crop", cost, "10x.")
+    assert "timings of each" in l06_tta_ensembles.cost_sentence("ten-crop", cost, "10x.")
     assert len(TT.timings(net, torch.randn(4, 3, 16, 16), views=2, repeats=3)) == 3

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from tlkit import augment as A
-from tlkit import augment_plots as P
+from tlkit import plots
 from tlkit.widgets import augment_gallery as G
+from tlkit.lessons import l02_augment as P
 
 matplotlib.use("Agg")
 
@@ -108,7 +109,7 @@ def test_show_gallery_builds_and_reacts_without_a_browser(image, pca):
 
 def test_plots_draw_what_they_are_given(image, pca):
     rows = G.gallery_rows(image, names=["mirror", "rotation"], n=4)
-    fig = P.plot_image_rows(rows)
+    fig = plots.plot_image_rows(rows)
     assert len([ax for ax in fig.axes if ax.images]) == 1 + 2 * 4
     pixels = torch.rand(500, 3)
     ax = P.plot_rgb_cloud(pixels, A.pca_from_pixels(pixels), n_points=200)

@@ -6,7 +6,7 @@ import PIL.Image
 import pytest
 
 from tlkit.errors import ParameterError
-from tlkit.lr_finder import MIN_POINTS, LRFinderResult, plot_lr_find, smooth_losses
+from tlkit.lr_finder import LRFinderResult, MIN_POINTS, plot_lr_find, smooth_losses
 from tlkit.widgets import augment_gallery as G
 from tlkit.widgets import lr_finder_view as V
 from tlkit.widgets import schedule_explorer as S

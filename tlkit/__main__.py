@@ -1,6 +1,6 @@
 """`python -m tlkit lessons ...`: the lesson runner's command line."""
 import sys
 
-from .lessons import main
+from .cli import main
 
 sys.exit(main())

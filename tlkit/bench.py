@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .errors import ParameterError
-from .lessons import REPO, LessonResult, run_lessons
+from .cli import REPO, LessonResult, run_lessons
 
-__all__ = ["bench", "summarise", "compare_table", "slowest_cells", "cells_table", "PHASES"]
+__all__ = ["bench", "summarise", "compare_table", "slowest_cells", "cells_table", "PHASES", "cache_at"]
 
 PHASES = ("cold", "warm")
 

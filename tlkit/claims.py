@@ -15,10 +15,11 @@ import numpy as np
 
 from .record import RECORDED, record
 
-__all__ = ["CLAIMS", "CONTRADICTED", "Claim", "NOT_SHOWN", "SUPPORTED", "VERDICTS", "Verdict", "bootstrap_sum",
-           "compare_accuracy", "compare_seeds", "compare_speed", "judge", "mean_interval", "paired_bootstrap",
-           "ledger", "MIN_RUNS", "proportion_interval", "ratio_interval", "report", "share_above", "show_summary",
-           "summary_table", "verdict_cells", "verdict_of", "weakest_part"]
+__all__ = ["CLAIMS", "Claim", "VERDICTS", "Verdict", "bootstrap_sum", "compare_accuracy", "compare_seeds",
+           "compare_speed", "judge", "mean_interval", "paired_bootstrap", "ledger", "MIN_RUNS",
+           "proportion_interval", "ratio_interval", "report", "share_above", "show_summary",
+           "summary_table", "verdict_cells", "verdict_of", "weakest_part", "CS231N", "FASTAI", "LEVEL",
+           "NG", "CONTRADICTED", "NOT_SHOWN", "SUPPORTED"]
 
 SUPPORTED, NOT_SHOWN, CONTRADICTED = "supported", "not shown at this size", "contradicted"
 VERDICTS = (SUPPORTED, NOT_SHOWN, CONTRADICTED)

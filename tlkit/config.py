@@ -10,6 +10,8 @@ from . import env
 from .errors import ParameterError
 from .validate import check_fraction, check_positive, check_positive_int
 
+__all__ = ["Settings", "check_values", "resolve_preset", "setup", "PRESETS"]
+
 PRESETS = ("auto", "quick", "full")
 
 

@@ -5,6 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils import benchmark
 
+__all__ = ["bottleneck_savings", "conv2d_fft", "conv2d_im2col", "conv_mults", "conv_output_size",
+           "conv_params", "fft_spectrum_factor", "im2col", "im2col_memory_factor",
+           "measured_receptive_field", "receptive_field", "stack_vs_single", "time_conv"]
+
 
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
@@ -156,105 +160,7 @@ def fft_spectrum_factor(input_shape, kernel_size, padding=0) -> float:
 
 # ---------------------------------------------------------------- repeated timings
 
-def repeated_timings(fns: dict, repeats: int = 9, block_s: float = 0.005, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each function, `repeats` times, interleaved (torch.utils.benchmark, one thread).
-
-    Each of the `repeats` timings is the median of three blocks of calls, each block about `block_s` long.
-
-    Why interleaved: on a shared machine the speed drifts; timing A, B, A, B... lets the drift hit
-    both alike, so their ratio stays honest. Each timing is a block of calls lasting about `block_s`.
-    """
-    timers, numbers = {}, {}
-    for name, fn in fns.items():
-        timers[name] = benchmark.Timer("fn()", globals={"fn": fn})
-        for _ in range(warmup):
-            fn()
-        one = timers[name].timeit(1).mean
-        numbers[name] = max(1, int(block_s / max(one, 1e-7)))
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name in fns:  # one timing = the median of 3 blocks: a burst from a neighbour's process shifts it less
-            blocks = sorted(timers[name].timeit(numbers[name]).mean for _ in range(3))
-            times[name].append(blocks[1])
-    return times
-
-
-def kernel_sweep(kernels=(3, 7, 13, 21), channels: int = 8, size: int = 40, batch: int = 1, repeats: int = 5,
-                 block_s: float = 0.002, seed: int = 0) -> "tuple":
-    """Direct (`F.conv2d`), im2col and FFT convolution timed on the same input for each kernel size.
-
-    Returns (table, timings): one table row per kernel (median ms of each method, the im2col matrix's
-    bytes / the input's bytes counted from the tensor it builds, the FFT kernel spectrum's size / the
-    kernel's), and timings[k][method] = the repeated seconds per call (for intervals).
-    """
-    import pandas as pd
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, channels, size, size, generator=g)
-    rows, timings = [], {}
-    for k in kernels:
-        w = torch.randn(channels, channels, k, k, generator=g) / (channels * k * k) ** 0.5
-        pad = k // 2
-        t = repeated_timings({"direct": lambda: F.conv2d(x, w, padding=pad),
-                              "im2col": lambda: conv2d_im2col(x, w, padding=pad),
-                              "fft": lambda: conv2d_fft(x, w, padding=pad)}, repeats=repeats, block_s=block_s)
-        timings[k] = t
-        cols = im2col(x, k, 1, pad)
-        ref = F.conv2d(x, w, padding=pad)
-        rows.append({"kernel": k, **{f"{m} ms": 1e3 * float(torch.tensor(v).median()) for m, v in t.items()},
-                     "im2col bytes / input bytes": cols.nbytes / x.nbytes,
-                     "fft kernel spectrum / kernel": fft_spectrum_factor(x.shape, k, pad),
-                     "max |fft - direct|": (conv2d_fft(x, w, padding=pad) - ref).abs().max().item()})
-    return pd.DataFrame(rows).set_index("kernel"), timings
-
-
-def fft_crossover(table) -> int | None:
-    """The smallest kernel of the sweep at which the FFT's median time beats the direct convolution's."""
-    wins = table.index[table["fft ms"] < table["direct ms"]]
-    return int(wins.min()) if len(wins) else None
-
-
-def small_kernel_timings(channels: int = 32, size: int = 32, batch: int = 2, repeats: int = 9,
-                         block_s: float = 0.004, seed: int = 0) -> dict[str, list[float]]:
-    """Repeated seconds per call: one 7x7 vs three stacked 3x3 (C -> C), and Ng's 5x5 192 -> 32 on 28x28
-    direct vs through a 1x1 bottleneck to 16 channels (all 'same' padding, no bias)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, channels, size, size, generator=g)
-    w7 = torch.randn(channels, channels, 7, 7, generator=g)
-    w3 = [torch.randn(channels, channels, 3, 3, generator=g) for _ in range(3)]
-    xb = torch.randn(1, 192, 28, 28, generator=g)
-    w5 = torch.randn(32, 192, 5, 5, generator=g)
-    w1 = torch.randn(16, 192, 1, 1, generator=g)
-    w5b = torch.randn(32, 16, 5, 5, generator=g)
-
-    def stack():
-        y = x
-        for w in w3:
-            y = F.relu(F.conv2d(y, w, padding=1))
-        return y
-
-    return repeated_timings({
-        "one 7x7": lambda: F.relu(F.conv2d(x, w7, padding=3)), "three 3x3": stack,
-        "5x5 direct": lambda: F.conv2d(xb, w5, padding=2),
-        "1x1 bottleneck + 5x5": lambda: F.conv2d(F.conv2d(xb, w1), w5b, padding=2)}, repeats=repeats,
-        block_s=block_s)
-
 
 # ---------------------------------------------------------------- verdicts on the notes' claims
 
-def verdict_small_kernels(times: dict[str, list[float]]):
-    """Claim 25: the speed-up of three 3x3 over one 7x7, and of the 1x1 bottleneck over the direct 5x5."""
-    from . import claims
-    stack = claims.compare_speed(25, times["one 7x7"], times["three 3x3"],
-                                 "time of one 7x7 over time of three stacked 3x3 (same receptive field, C -> C)")
-    neck = claims.compare_speed(25, times["5x5 direct"], times["1x1 bottleneck + 5x5"],
-                                "time of a 5x5 192 -> 32 over a 1x1 bottleneck to 16 then the 5x5")
-    return claims.weakest_part(25, {"3x3 stack": stack, "1x1 bottleneck": neck})
 
-
-def verdict_fft(timings: dict, kernel: int = 3):
-    """Claim 26, 'FFT is hard in practice': the direct convolution's speed-up over the FFT at CNN-size kernels."""
-    from . import claims
-    t = timings[kernel]
-    return claims.compare_speed(26, t["fft"], t["direct"],
-                                f"time of our FFT convolution over F.conv2d for a {kernel}x{kernel} kernel "
-                                "(positive: FFT loses where CNNs live)")

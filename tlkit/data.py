@@ -29,6 +29,13 @@ from . import fetch
 from .errors import ChecksumError, DatasetLayoutError, DatasetNotFoundError, ParameterError
 from .validate import check_fraction, check_positive_int
 
+__all__ = ["DataCopy", "DataLoaders", "DatasetInfo", "ImageList", "ScanResult", "Splits", "at_most_indices",
+           "available_datasets", "cache_dir", "check_image", "dataloaders", "decode_size", "denormalize",
+           "eval_resize", "eval_transform", "get_splits", "largest_image_size", "load_rgb", "locate",
+           "make_loader", "offline", "pack_index", "resolve", "scan_folder", "search_places",
+           "size_at_hand", "stratified_indices", "stratified_split", "train_transform", "CROP_FRACTION",
+           "DEFAULT_NORM", "IMAGE_FORMATS", "IMAGE_SUFFIXES", "PACK_ROOT", "REGISTRY"]
+
 IMAGE_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "PPM", "MPO"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 DEFAULT_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -98,6 +105,11 @@ class DataCopy:
             return f"{self.where} (full size)"
         return (f"{self.where} (images {self.shorter_side} px, enough for image_size <= "
                 f"{largest_image_size(self.shorter_side)})")
+
+
+def eval_resize(image_size: int, crop_pct: float = CROP_FRACTION) -> int:
+    """The shorter side the evaluation view resizes to before its centre crop of `image_size`."""
+    return int(round(image_size / crop_pct))
 
 
 def decode_size(image_size: int) -> int:
@@ -579,7 +591,7 @@ def train_transform(size: int, norm=DEFAULT_NORM, augment: bool = True) -> T.Com
 
 def eval_transform(size: int, norm=DEFAULT_NORM, crop_pct: float = CROP_FRACTION) -> T.Compose:
     """Resize the shorter side to size/crop_pct, centre-crop `size`, normalise."""
-    return T.Compose([T.ToImage(), T.Resize(int(round(size / crop_pct)), antialias=True), T.CenterCrop(size),
+    return T.Compose([T.ToImage(), T.Resize(eval_resize(size, crop_pct), antialias=True), T.CenterCrop(size),
                       T.ToDtype(torch.float32, scale=True), T.Normalize(*norm)])
 
 

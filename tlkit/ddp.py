@@ -16,12 +16,15 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .env import threads
+from .models import copy_state
+
+__all__ = ["allreduce_seconds", "main", "run_two_processes", "single_process", "small_net",
+           "synthetic_data", "train", "EPOCHS", "LR", "N_SAMPLES"]
 
 N_SAMPLES, EPOCHS, LR = 256, 1, 0.05
 
@@ -61,7 +64,7 @@ def train(batch_size: int) -> dict:
 
     learn.fit(EPOCHS, LR, callbacks=[on_batch])
     return {"grads": torch.stack(grads), "step_s": seconds,
-            "state": {k: v.detach().clone() for k, v in learn.net.state_dict().items()}}
+            "state": copy_state(learn.net)}
 
 
 def allreduce_seconds(numel: int, repeats: int = 30) -> list[float]:
@@ -115,35 +118,6 @@ def single_process(batch_size: int) -> dict:
     """`train` in this process, on one thread, with the global batch."""
     with threads(1):
         return train(batch_size)
-
-
-def gradient_match(ddp: dict, single: dict, rtol: float = 1e-4, atol: float = 1e-6) -> dict:
-    """How many gradient entries of all steps DDP's averaged gradient equals the single-process one."""
-    a, b = ddp["grads"], single["grads"]
-    if a.shape != b.shape:
-        return {"matches": 0, "entries": int(max(a.numel(), b.numel(), 2)), "max_abs_diff": float("inf")}
-    close = (a - b).abs() <= atol + rtol * b.abs()
-    return {"matches": int(close.sum()), "entries": int(close.numel()),
-            "max_abs_diff": float((a - b).abs().max()), "max_abs_grad": float(b.abs().max())}
-
-
-def timing_table(results: list[dict]) -> dict:
-    """Median all-reduce time and median step time (compute + all-reduce, rank 0, first step excluded)."""
-    r = results[0]
-    steps = r["step_s"][1:] if len(r["step_s"]) > 1 else r["step_s"]
-    allreduce, step = float(np.median(r["allreduce_s"])), float(np.median(steps))
-    return {"floats_reduced": int(r["grads"].shape[1]), "allreduce_ms": 1e3 * allreduce, "step_ms": 1e3 * step,
-            "allreduce_share_of_step": allreduce / step}
-
-
-def verdict_split_and_average(results: list[dict], single: dict):
-    """Claim 29: the gradient entries (all steps) where DDP's average equals one process with the global batch."""
-    from . import claims
-    m = gradient_match(results[0], single)
-    return claims.share_above(29, m["matches"], m["entries"], 0.99,
-                              f"gradient entries, over {len(results[0]['step_s'])} steps, where the average over "
-                              f"{results[0]['world_size']} processes (each with half of every mini-batch) equals "
-                              "one process with the whole mini-batch")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+__all__ = ["environment_report", "memory_total_gb", "peak_rss_mb", "pick_device", "seed_everything",
+           "set_threads", "threads"]
+
 
 def pick_device(preference: str = "auto") -> torch.device:
     """Return the best available device: CUDA, then Apple MPS, then CPU (or the one asked for)."""

@@ -1,7 +1,8 @@
 """The errors tlkit raises on bad input: one home, so callers and tests can catch them by kind."""
 from __future__ import annotations
 
-__all__ = ["ChecksumError", "CheckpointError", "DatasetLayoutError", "DatasetNotFoundError", "ParameterError"]
+__all__ = ["ChecksumError", "CheckpointError", "DatasetLayoutError", "DatasetNotFoundError",
+           "ParameterError"]
 
 
 class ParameterError(ValueError):

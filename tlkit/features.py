@@ -25,6 +25,11 @@ from . import data, models
 from .progress import progress as progress_bar
 from .storage import atomic_save
 
+__all__ = ["FeatureLoaders", "FeatureSet", "attach_head", "cache_meta", "compute_features",
+           "default_cache_dir", "feature_key", "feature_loaders", "head_learner", "input_shape",
+           "key_parts", "load_features", "precompute", "save_features", "transform_is_random",
+           "FORMAT_VERSION"]
+
 FORMAT_VERSION = 1
 
 

@@ -21,9 +21,9 @@ from PIL import Image
 
 from .errors import ChecksumError, DatasetLayoutError
 
-__all__ = ["DTD10_CLASSES", "IMAGENETTE_PER_CLASS", "MANIFEST", "METADATA_FILES", "content_digest", "downscale",
-           "fetch_archive", "fetch_dtd10", "fetch_imagenette_subset", "install_atomically", "manifest_problems",
-           "sha256_file", "write_manifest"]
+__all__ = ["DTD10_CLASSES", "IMAGENETTE_PER_CLASS", "MANIFEST", "METADATA_FILES", "content_digest",
+           "downscale", "fetch_archive", "fetch_dtd10", "fetch_imagenette_subset", "install_atomically",
+           "manifest_problems", "sha256_file", "write_manifest", "DTD10_PROVENANCE", "IMAGENETTE_PROVENANCE"]
 
 MANIFEST = "MANIFEST.sha256"
 METADATA_FILES = {MANIFEST, "PROVENANCE.txt"}

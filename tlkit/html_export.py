@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["export_html", "offline_notebook", "offline_html", "tex_to_mathml", "WIDGET_NOTE"]
+__all__ = ["export_html", "offline_notebook", "offline_html", "tex_to_mathml", "WIDGET_NOTE",
+           "markdown_math_to_mathml", "tqdm_line", "STATIC_KEYS", "WIDGET_STATE", "WIDGET_VIEW"]
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"

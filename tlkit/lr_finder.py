@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import warnings
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import ParameterError
+from .train import CancelFit, check_lr, rng_state, set_rng_state
 from .validate import check_choice, check_positive, check_positive_int, check_unit_interval
+from .models import copy_state
+
+__all__ = ["LRFinder", "LRFinderResult", "Suggestion", "longest_valley", "lr_find", "lr_schedule",
+           "plot_lr_curves", "plot_lr_find", "smooth_losses", "state_equal", "suggest", "suggest_min10",
+           "suggest_steep", "suggest_valley", "FLAT_RTOL", "MIN_POINTS", "STEEP_SPAN", "SUGGESTION_RULES"]
 
 SUGGESTION_RULES = ("min10", "steep", "valley")
 MIN_POINTS = 5  # fewer points than this after trimming: no rule can say anything useful
@@ -277,81 +283,16 @@ def plot_lr_curves(results: dict[str, LRFinderResult], ax=None, rule: str = "val
     return ax
 
 
-# ----------------------------------------------------------------------------- does the suggestion work?
-def lr_grid(make_learner, lrs, epochs: int, **fit_kwargs):
-    """Train a fresh learner per LR for the same budget; one row per LR with its final validation numbers.
-
-    `make_learner()` must return a learner starting from the same weights every time (the
-    comparison is only fair if nothing but the LR changes). A run whose loss goes NaN is a row
-    with `diverged=True` instead of an error: diverging is a result here.
-    """
-    import pandas as pd
-
-    from .train import NonFiniteLossError
-
-    check_positive_int("epochs", epochs, 2)
-    lrs = [check_positive(f"lrs[{i}]", lr, 1e-3) for i, lr in enumerate(lrs)]
-    if not lrs:
-        raise ParameterError("lrs=[] holds no learning rate to try, e.g. lrs=[1e-4, 1e-3, 1e-2].")
-    rows = []
-    for lr in lrs:
-        learn = make_learner()
-        try:
-            hist = learn.fit(epochs, float(lr), **fit_kwargs)
-            last = hist.iloc[-1]
-            rows.append({"lr": float(lr), "train_loss": last.train_loss, "val_loss": last.val_loss,
-                         "val_acc": last.val_acc, "diverged": False})
-        except NonFiniteLossError:
-            rows.append({"lr": float(lr), "train_loss": np.nan, "val_loss": np.nan, "val_acc": np.nan,
-                         "diverged": True})
-    return pd.DataFrame(rows)
-
-
-def best_lr(grid) -> float:
-    """The grid's LR with the lowest final validation loss (diverged runs never win)."""
-    ok = grid[~grid.diverged]
-    if ok.empty:
-        raise ValueError("every LR in the grid diverged: move the grid to lower LRs")
-    return float(ok.loc[ok.val_loss.idxmin(), "lr"])
-
-
-def plot_lr_grid(grid, suggestions: dict[str, Suggestion] | None = None, axes=None):
-    """Final validation loss and accuracy against LR, with the finder's suggestions as vertical lines."""
-    import matplotlib.pyplot as plt
-
-    if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, col in zip(axes, ("val_loss", "val_acc")):
-        ax.plot(grid.lr, grid[col], "o-", color="0.3", label="grid run")
-        if col == "val_loss":
-            ax.set_yscale("log")  # a too-large LR can cost orders of magnitude in loss
-        for x in grid.lr[grid.diverged]:
-            ax.axvline(x, color="red", alpha=0.3, lw=6, label="diverged")
-        for color, s in zip(("C1", "C2", "C3"), (suggestions or {}).values()):
-            if s.lr is not None:
-                ax.axvline(s.lr, color=color, ls="--", label=f"{s.name} {s.lr:.2g}")
-        ax.set(xscale="log", xlabel="learning rate", ylabel=col.replace("_", " "))
-    axes[0].legend(fontsize=8)
-    return axes
-
-
 # ----------------------------------------------------------------------------- state snapshot
 def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
     """Everything the sweep may touch, copied (tensors cloned so later in-place updates cannot reach them)."""
     return {
-        "model": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+        "model": copy_state(model),
         "grads": [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()],
         "training": [m.training for m in model.modules()],
         "optimizer": None if optimizer is None else copy.deepcopy(optimizer.state_dict()),
-        "rng": _rng_state(),
+        "rng": rng_state(),
     }
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
 def _restore(model: torch.nn.Module, optimizer, snap: dict) -> None:
@@ -364,12 +305,7 @@ def _restore(model: torch.nn.Module, optimizer, snap: dict) -> None:
         m.training = flag
     if optimizer is not None:
         optimizer.load_state_dict(snap["optimizer"])
-    rng = snap["rng"]
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    if "cuda" in rng:
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    set_rng_state(snap["rng"])
 
 
 def state_equal(a: dict, b: dict) -> bool:
@@ -389,25 +325,6 @@ def _same(a, b) -> bool:
         return (isinstance(b, (list, tuple)) and len(a) == len(b)
                 and all(_same(x, y) for x, y in zip(a, b)))
     return a == b
-
-
-# ----------------------------------------------------------------------------- the sweep
-def _batches(loader):
-    """Endless batches: start the loader again when it runs out (short loaders, long sweeps)."""
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("lr_find: the train loader yields no batches")
-
-
-def _group_ratios(optimizer) -> list[float]:
-    """Each group's LR relative to the largest, so the sweep scales all groups together."""
-    lrs = [float(g["lr"]) for g in optimizer.param_groups]
-    top = max(lrs)
-    return [lr / top for lr in lrs] if top > 0 else [1.0] * len(lrs)
 
 
 def _check_range(start_lr, end_lr, num_it, mode) -> None:
@@ -430,8 +347,6 @@ def _check_skips(skip_start, skip_end) -> None:
 
 def _check_args(start_lr, end_lr, num_it, mode, smooth, diverge, skip_start, skip_end, group_lrs):
     """Refuse sweep settings that would train wrongly or say nothing, before the model is touched."""
-    from .train import check_lr
-
     _check_range(start_lr, end_lr, num_it, mode)
     check_unit_interval("smooth", smooth, 0.98, include_one=False)
     if diverge is not None and check_positive("diverge", diverge, 4.0) <= 1:
@@ -442,40 +357,54 @@ def _check_args(start_lr, end_lr, num_it, mode, smooth, diverge, skip_start, ski
         check_lr(group_lrs, "group_lrs")
 
 
-def _move(batch, device):
-    x, y = batch[0], batch[1]
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+class LRFinder:
+    """The range test as a `Learner.fit` callback: before each batch, set every group's LR to the next swept
+    value (their ratios kept); after each loss, record it; stop (`CancelFit`) on a non-finite loss, on
+    divergence (smoothed loss above `diverge` x its best) or after the last LR.
 
+    Why a callback: the sweep then runs in `fit`'s own step, so it inherits the learner's precision,
+    `channels_last`, GradScaler and DDP, and there is one training step in tlkit, not two.
+    """
 
-def _sweep(model, loader, loss_fn, optimizer, schedule, beta, diverge, device, progress):
-    """Train one batch per LR; stop when the smoothed loss exceeds `diverge` x its best or is not finite."""
-    ratios = _group_ratios(optimizer)
-    lrs, losses, smoothed = [], [], []
-    avg, best = 0.0, math.inf
-    steps = zip(schedule, _batches(loader))
-    if progress:
-        from .progress import progress as progress_bar
-        steps = progress_bar(steps, total=len(schedule), desc="lr_find", leave=False)
-    model.train()
-    for t, (lr, batch) in enumerate(steps):
-        for group, ratio in zip(optimizer.param_groups, ratios):
-            group["lr"] = float(lr) * ratio
-        x, y = _move(batch, device)
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        value = float(loss.detach())
+    def __init__(self, schedule: np.ndarray, beta: float = 0.98, diverge: float | None = 4.0):
+        self.schedule, self.beta, self.diverge = schedule, beta, diverge
+        self.lrs, self.losses, self.smoothed = [], [], []
+        self.reason, self._avg, self._best = "completed", 0.0, math.inf
+
+    def before_fit(self, learn) -> None:
+        self.ratios = _group_ratios(learn.opt)
+
+    def before_batch(self, learn) -> None:
+        lr = float(self.schedule[len(self.lrs)])
+        for group, ratio in zip(learn.opt.param_groups, self.ratios):
+            group["lr"] = lr * ratio
+
+    def after_loss(self, learn) -> None:
+        lr, value = float(self.schedule[len(self.lrs)]), float(learn.loss.detach())
         if not math.isfinite(value):
-            return lrs, losses, smoothed, f"non-finite loss ({value}) at lr={lr:.3g}"
-        loss.backward()
-        optimizer.step()
-        avg = beta * avg + (1 - beta) * value
-        smooth = avg / (1 - beta ** (t + 1))
-        lrs.append(float(lr)), losses.append(value), smoothed.append(smooth)
-        best = min(best, smooth)
-        if diverge is not None and smooth > diverge * best:
-            return lrs, losses, smoothed, (f"diverged at lr={lr:.3g}: smoothed loss {smooth:.3g} > "
-                                           f"{diverge:g} x best {best:.3g}")
-    return lrs, losses, smoothed, "completed"
+            self.reason = f"non-finite loss ({value}) at lr={lr:.3g}"
+            raise CancelFit
+        self._value = value
+
+    def after_batch(self, learn) -> None:
+        lr, value, t = float(self.schedule[len(self.lrs)]), self._value, len(self.lrs)
+        self._avg = self.beta * self._avg + (1 - self.beta) * value
+        smooth = self._avg / (1 - self.beta ** (t + 1))
+        self.lrs.append(lr), self.losses.append(value), self.smoothed.append(smooth)
+        self._best = min(self._best, smooth)
+        if self.diverge is not None and smooth > self.diverge * self._best:
+            self.reason = (f"diverged at lr={lr:.3g}: smoothed loss {smooth:.3g} > "
+                           f"{self.diverge:g} x best {self._best:.3g}")
+            raise CancelFit
+        if len(self.lrs) == len(self.schedule):
+            raise CancelFit
+
+
+def _group_ratios(optimizer) -> list[float]:
+    """Each group's LR relative to the largest, so the sweep scales all groups together."""
+    lrs = [float(g["lr"]) for g in optimizer.param_groups]
+    top = max(lrs)
+    return [lr / top for lr in lrs] if top > 0 else [1.0] * len(lrs)
 
 
 def _default_optimizer(model):
@@ -490,141 +419,59 @@ def _is_learner(obj) -> bool:
     return hasattr(obj, "net") and hasattr(obj, "dls")
 
 
+def _sweep_learner(model, train_loader, loss_fn, optimizer, group_lrs, device, progress):
+    """A `Learner` for the sweep: a learner's net, recipe, precision and layout, or a bare model's.
+
+    It shares the network (so the sweep trains it, and `lr_find` restores it) but has its own optimizer,
+    GradScaler and history, so the learner it came from keeps its own.
+    """
+    from .train import Learner
+    loaders = SimpleNamespace(train=train_loader, val=None)
+    if _is_learner(model):
+        learn = model
+        opt = (lambda groups, wd: optimizer) if optimizer is not None else learn.opt_factory
+        return Learner(learn.net, SimpleNamespace(train=train_loader or learn.dls.train, val=None), opt=opt,
+                       wd=learn.wd, loss_fn=loss_fn or learn.loss_fn, device=device or learn.device,
+                       precision=learn.precision, channels_last=learn.channels_last, progress=progress)
+    if train_loader is None:
+        raise ValueError("lr_find needs a train_loader (or a Learner)")
+    optimizer = optimizer if optimizer is not None else _default_optimizer(model)
+    return Learner(model, loaders, opt=lambda groups, wd: optimizer, wd=0.0, loss_fn=loss_fn or F.cross_entropy,
+                   device=device or next(model.parameters()).device, progress=progress)
+
+
 def lr_find(model, train_loader=None, loss_fn=None, optimizer=None, start_lr: float = 1e-7,
             end_lr: float = 10.0, num_it: int = 100, mode: str = "exp", smooth: float = 0.98,
             diverge: float | None = 4.0, device=None, skip_start: int | None = None, skip_end: int = 5,
             group_lrs=None, progress: bool = False, warn: bool = True) -> LRFinderResult:
     """Run the LR range test and restore everything it touched; returns an `LRFinderResult`.
 
-    `model` may be a `tlkit.Learner`: then its net, train loader, loss and optimizer recipe are used
-    (`group_lrs` — float, `slice(lo, hi)` or list — fixes the ratios between parameter groups).
-    With an explicit `optimizer`, every group's LR is scaled together and their ratios kept; the
-    reported LR is the largest group's. `diverge=None` runs all `num_it` steps. Suggestions use the
-    smoothed curve with `skip_start` (default `num_it // 10`) and `skip_end` points trimmed.
+    `model` may be a `tlkit.Learner`: then its net, train loader, loss, optimizer recipe, precision and
+    `channels_last` are used (`group_lrs` — float, `slice(lo, hi)` or list — fixes the ratios between
+    parameter groups). With an explicit `optimizer`, every group's LR is scaled together and their ratios
+    kept; the reported LR is the largest group's. `diverge=None` runs all `num_it` steps. Suggestions use
+    the smoothed curve with `skip_start` (default `num_it // 10`) and `skip_end` points trimmed.
     """
     _check_args(start_lr, end_lr, num_it, mode, smooth, diverge, skip_start, skip_end, group_lrs)
-    if _is_learner(model):
-        return _learner_lr_find(model, start_lr=start_lr, end_lr=end_lr, num_it=num_it, mode=mode,
-                                smooth=smooth, diverge=diverge, skip_start=skip_start, skip_end=skip_end,
-                                group_lrs=group_lrs, progress=progress, warn=warn, optimizer=optimizer,
-                                loss_fn=loss_fn, train_loader=train_loader, device=device)
-    if train_loader is None:
-        raise ValueError("lr_find needs a train_loader (or a Learner)")
-    loss_fn = loss_fn or F.cross_entropy
-    device = device or next(model.parameters()).device
-    own_optimizer = optimizer is None
-    optimizer = _default_optimizer(model) if own_optimizer else optimizer
+    net = model.net if _is_learner(model) else model
+    sweeper = _sweep_learner(model, train_loader, loss_fn, optimizer, group_lrs, device, progress)
+    loader = sweeper.dls.train
+    if len(loader) == 0:
+        raise ValueError("lr_find: the train loader yields no batches")
     schedule = lr_schedule(start_lr, end_lr, num_it, mode)
-    snap = _snapshot(model, None if own_optimizer else optimizer)
+    finder = LRFinder(schedule, smooth, diverge)
+    kept_opt = optimizer if optimizer is not None else None
+    snap = _snapshot(net, kept_opt)
     try:
-        lrs, losses, smoothed, reason = _sweep(model, train_loader, loss_fn, optimizer, schedule,
-                                               smooth, diverge, device, progress)
+        sweeper.fit(math.ceil(num_it / len(loader)), 1.0 if group_lrs is None else group_lrs,
+                    callbacks=[finder], validate=False)
     finally:
-        _restore(model, None if own_optimizer else optimizer, snap)
-    restored = state_equal(snap, _snapshot(model, None if own_optimizer else optimizer))
+        _restore(net, kept_opt, snap)
+    restored = state_equal(snap, _snapshot(net, kept_opt))
     skip_start = num_it // 10 if skip_start is None else skip_start
-    smoothed = np.asarray(smoothed, float)
-    lrs_arr = np.asarray(lrs, float)
-    result = LRFinderResult(lrs=lrs_arr, losses=np.asarray(losses, float), smoothed=smoothed,
-                            suggestions=suggest(lrs_arr, smoothed, skip_start=skip_start,
-                                                skip_end=skip_end, warn=warn),
-                            stopped_early=reason != "completed", stop_reason=reason, num_it=num_it,
-                            beta=smooth, skip_start=skip_start, skip_end=skip_end,
-                            weights_restored=restored)
-    return result
-
-
-def _learner_optimizer(learn, group_lrs):
-    """The optimizer `learn.fit` would build (`learn.make_optimizer`, i.e. `tlkit.optim.param_groups`).
-
-    Only the ratios of `group_lrs` matter: the sweep scales every group together.
-    """
-    return learn.make_optimizer(1.0 if group_lrs is None else group_lrs)
-
-
-def _learner_lr_find(learn, group_lrs=None, optimizer=None, loss_fn=None, train_loader=None,
-                     device=None, **kwargs) -> LRFinderResult:
-    """`lr_find` on a Learner's net, train loader, loss and optimizer recipe."""
-    optimizer = optimizer or _learner_optimizer(learn, group_lrs)
-    return lr_find(learn.net, train_loader or learn.dls.train, loss_fn=loss_fn or learn.loss_fn,
-                   optimizer=optimizer, device=device or getattr(learn, "device", None), **kwargs)
-
-
-# ----------------------------------------------------------------------------- verdicts on the notes' claims
-def item_losses(learn, loader) -> np.ndarray:
-    """Cross-entropy of every item of `loader` under `learn`'s model (for image-by-image comparisons)."""
-    logits, y = learn.get_logits(loader)
-    return F.cross_entropy(logits, y, reduction="none").numpy()
-
-
-def rule_losses(make_learner, rules, epochs: int, seeds, loader, **find_kwargs) -> tuple[dict, "pd.DataFrame"]:
-    """Per-item losses on `loader` after training at each rule's suggestion, one sweep per seed.
-
-    Why one sweep per seed: the claim is about the rule, not about one sweep's curve, so each seed
-    sweeps `make_learner(seed)` afresh and then trains a fresh `make_learner(seed)` at every rule's
-    LR. Returns `{rule: array [seeds, items]}` and a table of the suggested LRs per seed.
-    """
-    import pandas as pd
-
-    from .env import seed_everything
-    losses, chosen = {rule: [] for rule in rules}, []
-    for seed in seeds:
-        seed_everything(seed)
-        result = lr_find(make_learner(seed), **find_kwargs)
-        row = {"seed": seed}
-        for rule in rules:
-            row[rule] = lr = result.lr(rule)
-            if lr is None:
-                raise ValueError(f"seed {seed}: the sweep gave no {rule!r} suggestion ({result.stop_reason})")
-            seed_everything(seed)
-            learn = make_learner(seed)
-            learn.fit(epochs, float(lr))
-            losses[rule].append(item_losses(learn, loader))
-        chosen.append(row)
-    return {rule: np.stack(rows) for rule, rows in losses.items()}, pd.DataFrame(chosen)
-
-
-def verdict_min10_vs_steep(loss_min10: np.ndarray, loss_steep: np.ndarray):
-    """Claim 12: loss after training at the steepest point minus at min/10, `[seeds, images]` (resamples both)."""
-    from . import claims
-    steep, min10 = np.atleast_2d(loss_steep), np.atleast_2d(loss_min10)
-    effect, low, high = claims.paired_bootstrap(steep, min10)
-    return claims.judge(12, effect, (low, high), min10.shape[1],
-                        f"validation loss after training at the steep suggestion minus at min/10, over "
-                        f"{min10.shape[0]} sweeps and fits (the interval resamples seeds and images)",
-                        unit="nats", scale=1.0, runs=min10.shape[0])
-
-
-def suggestion_shifts(make_before, make_after, seeds, rule: str = "valley", **find_kwargs):
-    """The `rule` suggestion of a sweep before and after a change (e.g. unfreezing), one pair per seed.
-
-    `make_before(seed)` and `make_after(seed)` return the learners to sweep (e.g. the head on cached
-    features of the frozen body, and the unfrozen network on images); the seed is set before each
-    sweep. Returns one row per seed and the sweeps, `{seed: {"before": result, "after": result}}`.
-    """
-    import pandas as pd
-    from .env import seed_everything
-    rows, sweeps = [], {}
-    for seed in seeds:
-        sweeps[seed] = {}
-        for when, make in (("before", make_before), ("after", make_after)):
-            seed_everything(seed)
-            sweeps[seed][when] = lr_find(make(seed), **find_kwargs)
-        before, after = sweeps[seed]["before"].lr(rule), sweeps[seed]["after"].lr(rule)
-        shift = math.log10(after / before) if before and after else float("nan")
-        rows.append({"seed": seed, "lr_before": before, "lr_after": after, "decades": shift})
-    return pd.DataFrame(rows), sweeps
-
-
-def verdict_rerun_after_change(shifts):
-    """Claim 13: how far (in decades) the suggestion moved, with a t interval over the seeds' sweeps."""
-    from . import claims
-    decades = shifts["decades"].dropna().to_numpy()
-    if len(decades) < 2:
-        raise ValueError("need at least two seeds with a suggestion before and after")
-    mean, low, high = claims.mean_interval(decades)
-    sign = 1.0 if mean >= 0 else -1.0          # moved either way: the size of the move, interval mirrored
-    low, high = sorted((sign * low, sign * high))
-    return claims.judge(13, sign * mean, (low, high), len(decades),
-                        "how far the valley suggestion moved after unfreezing (either direction), "
-                        "over repeated pairs of sweeps", unit="decades", scale=1.0)
+    smoothed = np.asarray(finder.smoothed, float)
+    lrs_arr = np.asarray(finder.lrs, float)
+    return LRFinderResult(lrs=lrs_arr, losses=np.asarray(finder.losses, float), smoothed=smoothed,
+                          suggestions=suggest(lrs_arr, smoothed, skip_start=skip_start, skip_end=skip_end, warn=warn),
+                          stopped_early=finder.reason != "completed", stop_reason=finder.reason, num_it=num_it,
+                          beta=smooth, skip_start=skip_start, skip_end=skip_end, weights_restored=restored)

@@ -15,9 +15,18 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .data import DEFAULT_NORM
+
+__all__ = ["Net", "WeightsUnavailableError", "check_backbone", "count_params", "create", "eval_mode",
+           "freeze", "freeze_batchnorm", "freeze_to", "group_table", "imagenet_classes", "imagenet_top_k",
+           "lite0_weights_path", "load_lite0_imagenet", "new_head", "split_body", "unfreeze", "BACKBONES",
+           "IMAGENET_NORM", "LITE0_NORM", "NORMS"]
+
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-LITE0_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+LITE0_NORM = DEFAULT_NORM   # TF-ported EfficientNet-Lite0 was trained on inputs scaled to [-1, 1]
 BACKBONES = ("efficientnet_lite0", "resnet18", "resnet34", "resnet50")
+NORMS = {"efficientnet_lite0": LITE0_NORM, "resnet18": IMAGENET_NORM, "resnet34": IMAGENET_NORM,
+         "resnet50": IMAGENET_NORM}   # each backbone's input normalisation, which `Net.norm` carries
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -120,7 +129,7 @@ def _lite0(pretrained: bool):
     groups = [nn.ModuleList([model.conv_stem, model.bn1, *blocks[:3]]),
               nn.ModuleList([*blocks[3:5]]),
               nn.ModuleList([*blocks[5:], model.conv_head, model.bn2])]
-    return model, imagenet_head, groups, model.num_features, LITE0_NORM
+    return model, imagenet_head, groups, model.num_features, NORMS["efficientnet_lite0"]
 
 
 def _resnet(name: str, pretrained: bool):
@@ -133,7 +142,19 @@ def _resnet(name: str, pretrained: bool):
     groups = [nn.ModuleList([model.conv1, model.bn1, model.layer1]),
               nn.ModuleList([model.layer2, model.layer3]),
               nn.ModuleList([model.layer4])]
-    return model, imagenet_head, groups, feature_dim, IMAGENET_NORM
+    return model, imagenet_head, groups, feature_dim, NORMS[name]
+
+
+def copy_state(module: nn.Module, to_cpu: bool = False) -> dict[str, torch.Tensor]:
+    """A detached copy of every parameter and buffer (the state dict), to load back exactly later."""
+    return {k: (v.detach().cpu() if to_cpu else v.detach()).clone() for k, v in module.state_dict().items()}
+
+
+def check_backbone(backbone: str) -> str:
+    """`backbone` if tlkit knows it, else a ValueError listing the ones it does."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+    return backbone
 
 
 def create(backbone: str = "efficientnet_lite0", num_classes: int | None = 2, pretrained: bool = True,
@@ -142,12 +163,10 @@ def create(backbone: str = "efficientnet_lite0", num_classes: int | None = 2, pr
 
     `hidden` adds your own hidden layer (Linear-ReLU-Dropout) before the softmax layer.
     """
-    if backbone == "efficientnet_lite0":
+    if check_backbone(backbone) == "efficientnet_lite0":
         body, imagenet_head, groups, dim, norm = _lite0(pretrained)
-    elif backbone in BACKBONES:
-        body, imagenet_head, groups, dim, norm = _resnet(backbone, pretrained)
     else:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+        body, imagenet_head, groups, dim, norm = _resnet(backbone, pretrained)
     if num_classes is None:
         head = imagenet_head
     else:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import nbformat
 
+__all__ = ["problems", "strip"]
+
 
 def problems(path: Path) -> list[str]:
     """Why a committed notebook is not clean (empty list when it is)."""

@@ -5,6 +5,8 @@ from typing import Sequence
 
 import numpy as np
 
+__all__ = ["default_group_ratio", "differential_lrs", "lrs_for_groups", "param_groups"]
+
 
 def lrs_for_groups(lr: float | slice | Sequence[float], n_groups: int) -> list[float]:
     """Expand `lr` to one rate per layer group, with fastai's `slice` semantics.

@@ -1,12 +1,16 @@
 """Figures every lesson uses: training curves, labelled image grids, confusion matrices."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+
+from .metrics import confusion_matrix
+
+__all__ = ["bar_table", "plot_confusion_matrix", "plot_history", "plot_image_rows", "show_images"]
 
 
 def plot_history(history: pd.DataFrame, title: str | None = None, axes=None):
@@ -53,8 +57,7 @@ def show_images(images: Sequence, titles: Sequence[str] | None = None, ncols: in
         ax.axis("off")
         if i >= n:
             continue
-        arr = _as_array(images[i])
-        ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None)
+        _draw(ax, images[i])
         if titles is not None:
             ax.set_title(str(titles[i]), fontsize=8,
                          color=title_colors[i] if title_colors is not None else "black")
@@ -64,11 +67,32 @@ def show_images(images: Sequence, titles: Sequence[str] | None = None, ncols: in
     return fig
 
 
+def _draw(ax, image) -> None:
+    arr = _as_array(image)
+    ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None)
+    ax.set_axis_off()
+
+
+def plot_image_rows(rows: Mapping[str, Sequence[Any]], size: float = 1.5, col_titles: Sequence[str] | None = None):
+    """One labelled row of images per entry (e.g. one row per augmentation)."""
+    ncols = max(len(r) for r in rows.values())
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(size * ncols + 1.2, size * len(rows)), squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        for c, ax in enumerate(axes[r]):
+            ax.set_axis_off()
+            if c < len(images):
+                _draw(ax, images[c])
+        axes[r, 0].text(-0.08, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center")
+    for c, t in enumerate(col_titles or []):
+        axes[0, c].set_title(t, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def plot_confusion_matrix(targets, preds, classes: Sequence[str], normalize: bool = False, ax=None):
     """Seaborn heatmap of the confusion matrix (rows: actual, columns: predicted)."""
     import seaborn as sns
-    from sklearn.metrics import confusion_matrix
-    cm = confusion_matrix(np.asarray(targets), np.asarray(preds), labels=list(range(len(classes))))
+    cm = confusion_matrix(targets, preds, len(classes))
     shown = cm / cm.sum(1, keepdims=True).clip(min=1) if normalize else cm
     if ax is None:
         side = max(3.5, 0.5 * len(classes) + 1.5)

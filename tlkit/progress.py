@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -45,13 +46,11 @@ class _Sink:
 
 
 _lock = threading.Lock()
-_classes: dict[str, type] = {}
 
 
+@functools.cache
 def _final_line_class() -> type:
     """tqdm's console bar, silent while it runs, printing one line of its final state on close."""
-    if "final" in _classes:
-        return _classes["final"]
     from tqdm.std import tqdm as std_tqdm
 
     class FinalLineBar(std_tqdm):
@@ -93,14 +92,12 @@ def _final_line_class() -> type:
                     print(self.final_line(), file=self._out, flush=True)
             super().close()
 
-    _classes["final"] = FinalLineBar
     return FinalLineBar
 
 
+@functools.cache
 def _notebook_class() -> type:
     """tqdm's notebook widget whose output is rewritten at close: final state, or nothing if not kept."""
-    if "notebook" in _classes:
-        return _classes["notebook"]
     from tqdm.notebook import tqdm as nb_tqdm
 
     class SavedCleanBar(nb_tqdm):
@@ -127,7 +124,6 @@ def _notebook_class() -> type:
             else:  # the widget is gone: leave no stale text behind in the saved notebook
                 handle.update({"text/plain": ""}, raw=True)
 
-    _classes["notebook"] = SavedCleanBar
     return SavedCleanBar
 
 

@@ -9,6 +9,8 @@ import json
 import math
 from typing import Any
 
+__all__ = ["read_notebook_metrics", "record", "to_jsonable", "MIME", "RECORDED"]
+
 MIME = "application/vnd.tlkit.metric+json"
 RECORDED: dict[str, Any] = {}
 

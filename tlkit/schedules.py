@@ -19,8 +19,8 @@ from .validate import check_fraction, check_positive, check_positive_int, check_
 _EPS = 1e-9
 
 __all__ = ["constant", "step_decay", "cosine", "sgdr", "one_cycle", "with_warmup", "lr_values",
-           "restart_steps", "fit_epochs", "compare", "plot_schedule", "mark_restarts", "plot_runs",
-           "Constant", "StepDecay", "Cosine", "SGDR", "OneCycle", "Warmup"]
+           "restart_steps", "fit_epochs", "plot_schedule", "mark_restarts", "Constant", "StepDecay",
+           "Cosine", "SGDR", "OneCycle", "Warmup", "cosine_anneal", "n_steps", "torch_sgdr_lrs"]
 
 
 def _check_total(total_epochs) -> None:
@@ -41,8 +41,16 @@ def cosine_anneal(frac: float, start: float = 1.0, end: float = 0.0) -> float:
     return end + (start - end) * (1 + math.cos(math.pi * frac)) / 2
 
 
+class _NoRestarts:
+    """A schedule that never jumps back up (`restarts` is what the plots mark)."""
+
+    @property
+    def restarts(self) -> list[float]:
+        return []
+
+
 @dataclass(frozen=True)
-class Constant:
+class Constant(_NoRestarts):
     """The same learning rate at every step: the baseline."""
     total_epochs: float | None = None
 
@@ -52,13 +60,9 @@ class Constant:
     def __call__(self, t: float) -> float:
         return 1.0
 
-    @property
-    def restarts(self) -> list[float]:
-        return []
-
 
 @dataclass(frozen=True)
-class StepDecay:
+class StepDecay(_NoRestarts):
     """Step-wise annealing: multiply the LR by `gamma` at every milestone epoch (like `MultiStepLR`)."""
     milestones: tuple[float, ...]
     gamma: float = 0.1
@@ -73,13 +77,9 @@ class StepDecay:
     def __call__(self, t: float) -> float:
         return self.gamma ** sum(t + _EPS >= m for m in self.milestones)
 
-    @property
-    def restarts(self) -> list[float]:
-        return []
-
 
 @dataclass(frozen=True)
-class Cosine:
+class Cosine(_NoRestarts):
     """One cosine from the base LR down to `min_frac * base` over `total_epochs` (like `CosineAnnealingLR`)."""
     total_epochs: float
     min_frac: float = 0.0
@@ -90,10 +90,6 @@ class Cosine:
 
     def __call__(self, t: float) -> float:
         return cosine_anneal(min(max(t / self.total_epochs, 0.0), 1.0), 1.0, self.min_frac)
-
-    @property
-    def restarts(self) -> list[float]:
-        return []
 
 
 @dataclass(frozen=True)
@@ -150,7 +146,7 @@ class SGDR:
 
 
 @dataclass(frozen=True)
-class OneCycle:
+class OneCycle(_NoRestarts):
     """One-cycle (Smith): cosine up from `1/div` to 1 over `pct_start` of the run, then down to `1/(div*final_div)`."""
     total_epochs: float
     pct_start: float = 0.25
@@ -169,10 +165,6 @@ class OneCycle:
             return cosine_anneal(t / peak, 1 / self.div, 1.0)
         frac = min((t - peak) / (self.total_epochs - peak), 1.0)
         return cosine_anneal(frac, 1.0, 1 / (self.div * self.final_div))
-
-    @property
-    def restarts(self) -> list[float]:
-        return []
 
 
 @dataclass(frozen=True)
@@ -277,31 +269,6 @@ def fit_epochs(schedule) -> int:
     return int(round(total))
 
 
-def compare(make_learner, schedules: dict, lr, callbacks: dict | None = None, seed: int = 0):
-    """Train a fresh learner per schedule with the same seed, each for its `total_epochs`.
-
-    Returns (a results table indexed by schedule name, {name: learner}); `callbacks` maps names to lists.
-    Why reseed before building each learner: same initial weights and batch order, so only the schedule differs.
-    """
-    import time
-
-    import pandas as pd
-
-    from .env import seed_everything
-
-    rows, learners = [], {}
-    for name, schedule in schedules.items():
-        seed_everything(seed)
-        learn = make_learner()
-        start = time.perf_counter()
-        hist = learn.fit(fit_epochs(schedule), lr, schedule=schedule, callbacks=(callbacks or {}).get(name, []))
-        rows.append({"schedule": name, "epochs": len(hist), "train_loss": hist.train_loss.iloc[-1],
-                     "val_loss": hist.val_loss.iloc[-1], "val_acc": hist.val_acc.iloc[-1],
-                     "best_val_acc": hist.val_acc.max(), "seconds": time.perf_counter() - start})
-        learners[name] = learn
-    return pd.DataFrame(rows).set_index("schedule"), learners
-
-
 def mark_restarts(ax, restarts, color="0.5", label="restart"):
     """Dotted vertical lines at the restart positions (same units as the x axis)."""
     for i, r in enumerate(restarts):
@@ -327,27 +294,6 @@ def plot_schedule(schedules, epochs: float | None = None, steps_per_epoch: int =
     return ax
 
 
-def plot_runs(histories: dict, schedules: dict | None = None, metrics=("train_loss", "val_loss", "val_acc"),
-              x: str = "epoch", axes=None):
-    """Curves of several runs side by side (one panel per metric), each run's restarts marked in its colour.
-
-    `histories` maps a run name to a DataFrame with an `x` column (epoch or fractional epoch) and the metrics.
-    """
-    import matplotlib.pyplot as plt
-
-    schedules = schedules or {}
-    if axes is None:
-        axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)[1][0]
-    for name, hist in histories.items():
-        for ax, metric in zip(axes, metrics):
-            line, = ax.plot(hist[x], hist[metric], marker="." if len(hist) < 40 else None, label=name)
-            mark_restarts(ax, getattr(schedules.get(name), "restarts", []), color=line.get_color(), label=None)
-    for ax, metric in zip(axes, metrics):
-        ax.set(xlabel="epochs", title=metric)
-    axes[0].legend(fontsize="small")
-    return axes
-
-
 # ------------------------------------------------------------ verdicts on the notes' claims
 
 def torch_sgdr_lrs(schedule: SGDR, steps_per_epoch: int, base_lr: float = 1.0) -> np.ndarray:
@@ -367,33 +313,3 @@ def torch_sgdr_lrs(schedule: SGDR, steps_per_epoch: int, base_lr: float = 1.0) -
     return np.asarray(lrs)
 
 
-def verdict_sgdr_beats_step(correct_sgdr, correct_step):
-    """Claim 14: SGDR minus step decay, validation accuracy `[seeds, images]` (paired; resamples seeds and images)."""
-    from . import claims
-    sgdr, step = np.atleast_2d(np.asarray(correct_sgdr, float)), np.atleast_2d(np.asarray(correct_step, float))
-    effect, low, high = claims.paired_bootstrap(sgdr, step)
-    return claims.judge(14, effect, (low, high), sgdr.shape[-1],
-                        f"SGDR minus step decay, same budget and LR, validation accuracy over {len(sgdr)} seeds "
-                        "(the interval resamples seeds and images)", runs=len(sgdr))
-
-
-def verdict_wider_valleys(sharp_single_cycle, sharp_restarts):
-    """Claim 15: how many times flatter (log10) the SGDR solution is than one cosine cycle, t interval over seeds."""
-    from . import claims
-    ratios = np.log10(np.asarray(sharp_single_cycle) / np.asarray(sharp_restarts))
-    return claims.compare_seeds(15, ratios, "log10 of the sharpness of one cosine cycle over that of SGDR with "
-                                            "restarts (same budget; positive: SGDR's valley is wider)",
-                                unit="decades", scale=1.0)
-
-
-def verdict_cycle_knobs(schedule: SGDR, steps_per_epoch: int, trained_epochs: int):
-    """Claim 16: the steps at which our SGDR sets the LR torch's scheduler sets, and the epochs actually trained."""
-    from . import claims
-    ours = lr_values(schedule, steps_per_epoch=steps_per_epoch)
-    ref = torch_sgdr_lrs(schedule, steps_per_epoch)
-    agree = int(np.sum(np.abs(ours - ref) < 1e-9)) if len(ours) == len(ref) else 0
-    agree *= int(trained_epochs == round(schedule.total_epochs))
-    return claims.share_above(16, agree, len(ours), 0.95,
-                              f"steps where SGDR(n_cycles={schedule.n_cycles}, cycle_len={schedule.cycle_len:g}, "
-                              f"cycle_mult={schedule.cycle_mult:g}) sets torch's LR, over {trained_epochs} epochs "
-                              f"trained = the formula's {schedule.total_epochs:g}")

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from .storage import atomic_save
+from .models import copy_state
 
-__all__ = ["SnapshotSaver", "save_snapshot", "load_snapshot", "snapshot_predictions", "ensemble_probs",
-           "accuracy", "snapshot_table"]
+__all__ = ["SnapshotSaver", "save_snapshot", "load_snapshot", "snapshot_predictions", "ensemble_probs"]
 
 _EPS = 1e-9
 
 
 def save_snapshot(model: torch.nn.Module, path, **meta) -> Path:
     """Write the model's weights (a CPU copy) and any metadata to `path`."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    state = copy_state(model, to_cpu=True)
     return atomic_save({"model": state, **meta}, path)
 
 
@@ -68,7 +67,7 @@ def snapshot_predictions(learn, paths, loader=None) -> tuple[torch.Tensor, torch
 
     The learner's current weights are put back afterwards.
     """
-    current = {k: v.detach().clone() for k, v in learn.net.state_dict().items()}
+    current = copy_state(learn.net)
     probs = []
     try:
         for path in paths:
@@ -85,28 +84,3 @@ def ensemble_probs(probs: torch.Tensor) -> torch.Tensor:
     return probs.mean(0)
 
 
-def accuracy(probs: torch.Tensor, targets: torch.Tensor) -> float:
-    """Fraction of items whose most probable class is the target."""
-    return (probs.argmax(-1) == targets).float().mean().item()
-
-
-def snapshot_table(probs: torch.Tensor, targets: torch.Tensor, epochs=None) -> pd.DataFrame:
-    """Accuracy and log-loss of each snapshot and of the ensembles of the last k snapshots."""
-    def row(name, p):
-        nll = torch.nn.functional.nll_loss(p.clamp_min(1e-12).log(), targets).item()
-        return {"model": name, "acc": accuracy(p, targets), "loss": nll}
-
-    epochs = epochs or range(1, len(probs) + 1)
-    rows = [row(f"snapshot {i} (epoch {e:g})", p) for i, (e, p) in enumerate(zip(epochs, probs))]
-    rows += [row(f"ensemble of last {k}", ensemble_probs(probs[-k:])) for k in range(2, len(probs) + 1)]
-    return pd.DataFrame(rows)
-
-
-def verdict_reload(learn, path, loader=None):
-    """Claim 17: the predictions of weights saved to `path` and loaded back, against the learner's own."""
-    from . import claims
-    before = learn.get_preds(loader)[0].argmax(1)
-    reloaded = snapshot_predictions(learn, [path], loader)[0][0].argmax(1)
-    return claims.share_above(17, int((before == reloaded).sum()), len(before), 0.95,
-                              "validation images whose prediction from the saved-and-reloaded weights equals "
-                              "the prediction of the weights in memory")

@@ -22,8 +22,55 @@ from .optim import param_groups
 from .progress import progress as progress_bar
 from .storage import atomic_save
 from .validate import check_positive, check_positive_int
+from .models import copy_state, eval_mode
+
+__all__ = ["CancelEpoch", "CancelFit", "Learner", "NonFiniteLossError", "check_lr", "load_checkpoint", "on",
+           "progress_enabled", "rng_state", "set_rng_state", "EVENTS", "OPTIMIZERS", "RESUME_KEYS"]
 
 Callback = Callable[[str, "Learner"], None]
+
+# Where `fit` calls its callbacks, in order. A callback is a function `cb(event, learn)` (see `on`) or an
+# object with methods named after these events, each taking the learner.
+EVENTS = ("before_fit", "before_epoch", "before_batch", "after_loss", "after_batch", "after_epoch", "after_fit")
+
+
+class CancelFit(Exception):
+    """Raise in a callback to stop training: the finished epochs stay in the history and `after_fit` still runs."""
+
+
+class CancelEpoch(Exception):
+    """Raise in a callback to end this epoch's training batches: validation and `after_epoch` still run."""
+
+
+def on(event: str, fn: Callable[["Learner"], None]) -> Callback:
+    """A callback that calls `fn(learn)` at one event; a misspelled event name is refused here, not ignored."""
+    _check_event(event)
+
+    def callback(at: str, learn: "Learner") -> None:
+        if at == event:
+            fn(learn)
+    callback.__qualname__ = f"on({event!r}, {getattr(fn, '__qualname__', fn)!r})"
+    return callback
+
+
+def _check_event(event: str) -> None:
+    if event not in EVENTS:
+        close = [e for e in EVENTS if e.split("_")[1] in event or event.split("_")[-1] in e]
+        raise ParameterError(f"unknown callback event {event!r}; the events are {EVENTS}"
+                             + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+
+def _as_function(cb) -> Callback:
+    """A callback object's event methods as one `cb(event, learn)` function; a plain function as it is."""
+    methods = {name for name in dir(cb) if name.startswith(("before_", "after_")) and callable(getattr(cb, name))}
+    if not methods:
+        if callable(cb):
+            return cb
+        raise ParameterError(f"callback {cb!r} must be a function cb(event, learner) or have methods named after "
+                             f"the events {EVENTS}, e.g. tlkit.train.on('after_batch', fn).")
+    for name in methods:
+        _check_event(name)
+    return lambda event, learn: getattr(cb, event)(learn) if event in methods else None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -39,6 +86,14 @@ def _adamw(groups, wd):
 
 
 OPTIMIZERS = {"sgd": _sgd, "adamw": _adamw}
+
+
+def autocast(device: str | torch.device, precision: str | None):
+    """`torch.autocast` for "bf16" / "fp16" on `device`, or a no-op context for None / "fp32"."""
+    if precision in (None, "fp32"):
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def progress_enabled() -> bool:
@@ -70,6 +125,8 @@ class Learner:
         self.opt: torch.optim.Optimizer | None = None
         self.epoch, self.step, self.last_loss = 0, 0, float("nan")
         self.last_correct: torch.Tensor | None = None
+        self.loss: torch.Tensor | None = None      # the current batch's loss (callbacks read it at after_loss)
+        self.batch_requested_at = self.batch_ready_at = 0.0
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     # ------------------------------------------------------------ pieces
@@ -85,10 +142,7 @@ class Learner:
 
     def autocast(self):
         """The mixed-precision context for forward passes (a no-op in fp32)."""
-        if self.precision is None:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor):
         x = x.to(self.device, non_blocking=True)
@@ -100,11 +154,13 @@ class Learner:
 
     def fit(self, epochs: int, lr: float | slice | Sequence[float] = 1e-3, schedule: Callable | None = None,
             checkpoint: str | os.PathLike | None = None, resume: bool = False,
-            callbacks: Iterable[Callback] = ()) -> pd.DataFrame:
+            callbacks: Iterable[Callback] = (), validate: bool = True) -> pd.DataFrame:
         """Train for `epochs`; `schedule(t)` scales every group's base LR at `t` epochs elapsed.
 
         With `checkpoint`, a checkpoint is written after each epoch; `resume=True` continues from it
         and ends with the same weights as an uninterrupted run (bit for bit with num_workers=0).
+        `callbacks` are called at each of `EVENTS`; one may raise `CancelEpoch` or `CancelFit`.
+        `validate=False` skips the validation pass after each epoch (its columns are NaN).
         """
         callbacks = _check_fit_args(epochs, lr, schedule, checkpoint, resume, callbacks)
         ckpt = Path(checkpoint) / "last.pt" if checkpoint else None
@@ -115,18 +171,18 @@ class Learner:
         steps_per_epoch = len(train_loader)
         if steps_per_epoch == 0:
             raise ValueError("the training loader is empty: check the dataset and batch size")
-        self._emit("before_fit", callbacks)
         epoch_bar = progress_bar(range(start, epochs), desc="epochs", disable=not self.progress, leave=False)
         try:
+            self._emit("before_fit", callbacks)
             for epoch in epoch_bar:
                 self.epoch = epoch
                 self._emit("before_epoch", callbacks)
                 t0 = time.perf_counter()
-                if hasattr(train_loader.sampler, "set_epoch"):
+                if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
                     train_loader.sampler.set_epoch(epoch)
                 train_loss, train_acc = self._train_epoch(model, train_loader, epoch, steps_per_epoch,
                                                           schedule, callbacks)
-                val = self.evaluate()
+                val = self.evaluate() if validate else {"loss": float("nan"), "acc": float("nan")}
                 row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                        "val_loss": val["loss"], "val_acc": val["acc"],
                        "lr": max(g["lr"] for g in self.opt.param_groups),
@@ -136,6 +192,8 @@ class Learner:
                 if ckpt and _is_main_process():
                     self._save_checkpoint(ckpt, epoch + 1, epochs, lr, rows)
                 self._emit("after_epoch", callbacks)
+        except CancelFit:
+            pass
         except KeyboardInterrupt:
             where = f"; resume with fit(..., checkpoint={str(checkpoint)!r}, resume=True)" if ckpt else ""
             print(f"Interrupted in epoch {self.epoch + 1}: the weights are kept as they are and "
@@ -145,40 +203,60 @@ class Learner:
             epoch_bar.close()
             new = pd.DataFrame(rows)
             self.history = pd.concat([self.history, new], ignore_index=True) if len(new) else self.history
-        self._emit("after_fit", callbacks)
+            self._emit("after_fit", callbacks)
         return pd.DataFrame(rows)
 
     def _train_epoch(self, model, loader, epoch, steps_per_epoch, schedule, callbacks):
+        """One pass over `loader`, one optimizer step per batch: the only training step in tlkit.
+
+        `batch_requested_at` / `batch_ready_at` bracket each wait for the loader, so a callback can tell
+        data time from compute time without wrapping the loader.
+        """
         model.train()
         total, correct, loss_sum = 0, 0, 0.0
         bar = progress_bar(loader, desc=f"epoch {epoch + 1}", disable=not self.progress, leave=False)
-        for i, (x, y) in enumerate(bar):
-            self.step = epoch * steps_per_epoch + i
-            if schedule is not None:
-                factor = _schedule_factor(schedule, self.step / steps_per_epoch)
-                for g in self.opt.param_groups:
-                    g["lr"] = g["initial_lr"] * factor
-            x, y = self._to_device(x, y)
-            with self.autocast():
-                out = model(x)
-                loss = self.loss_fn(out, y)
-            if not torch.isfinite(loss):
-                lrs = ", ".join(f"{g['lr']:.2e}" for g in self.opt.param_groups)
-                raise NonFiniteLossError(
-                    f"loss became {loss.item()} in epoch {epoch + 1}, step {i + 1} (lr {lrs}). The weights are "
-                    "those of the last good step. Try a learning rate about 10x lower (rerun the LR finder), "
-                    "or with fp16 use a GradScaler / precision='bf16'.")
-            self.opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            n = y.shape[0]
-            self.last_loss = loss.item()
-            loss_sum += self.last_loss * n
-            correct += (out.argmax(1) == y).sum().item() if out.dim() == 2 else 0
-            total += n
-            self._emit("after_batch", callbacks)
-        return loss_sum / total, correct / total
+        self.batch_requested_at = time.perf_counter()
+        try:
+            for i, (x, y) in enumerate(bar):
+                self.batch_ready_at = time.perf_counter()
+                self.step = epoch * steps_per_epoch + i
+                if schedule is not None:
+                    factor = _schedule_factor(schedule, self.step / steps_per_epoch)
+                    for g in self.opt.param_groups:
+                        g["lr"] = g["initial_lr"] * factor
+                self._emit("before_batch", callbacks)
+                n, batch_correct = self._train_step(model, x, y, epoch, i, callbacks)
+                loss_sum += self.last_loss * n
+                correct += batch_correct
+                total += n
+                self._emit("after_batch", callbacks)
+                self.batch_requested_at = time.perf_counter()
+        except CancelEpoch:
+            pass
+        finally:
+            bar.close()
+        return (loss_sum / total, correct / total) if total else (float("nan"), float("nan"))
+
+    def _train_step(self, model, x, y, epoch, i, callbacks) -> tuple[int, int]:
+        """Forward, loss, backward and optimizer step on one batch; returns (images, correct predictions)."""
+        x, y = self._to_device(x, y)
+        with self.autocast():
+            out = model(x)
+            loss = self.loss_fn(out, y)
+        self.loss = loss
+        self._emit("after_loss", callbacks)
+        if not torch.isfinite(loss):
+            lrs = ", ".join(f"{g['lr']:.2e}" for g in self.opt.param_groups)
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} in epoch {epoch + 1}, step {i + 1} (lr {lrs}). The weights are "
+                "those of the last good step. Try a learning rate about 10x lower (rerun the LR finder), "
+                "or with fp16 use a GradScaler / precision='bf16'.")
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.last_loss = loss.item()
+        return y.shape[0], (out.argmax(1) == y).sum().item() if out.dim() == 2 else 0
 
     def seconds_per_image(self, batches: int = 2, train: bool = True) -> float:
         """Measured seconds per image of one training step (loading, forward, backward) on training batches,
@@ -189,7 +267,7 @@ class Learner:
         so decoding and augmentation are counted.
         """
         check_positive_int("batches", batches, 2)
-        state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        state = copy_state(self.net)
         was_training = self.net.training
         self.net.train(train)
         images, elapsed = 0, 0.0
@@ -217,6 +295,7 @@ class Learner:
         return elapsed / images
 
     def _emit(self, event: str, callbacks: list[Callback]) -> None:
+        assert event in EVENTS, event
         for cb in callbacks:
             cb(event, self)
 
@@ -280,15 +359,13 @@ class Learner:
     def get_logits(self, loader=None, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and targets for every item of `loader` (default: validation), on the CPU."""
         model = model or self.net
-        was_training = model.training
-        model.eval()
         outs, ys = [], []
-        for x, y in (loader if loader is not None else self.dls.val):
-            x, y = self._to_device(x, y)
-            with self.autocast():
-                outs.append(model(x).float().cpu())
-            ys.append(y.cpu())
-        model.train(was_training)
+        with eval_mode(model):
+            for x, y in (loader if loader is not None else self.dls.val):
+                x, y = self._to_device(x, y)
+                with self.autocast():
+                    outs.append(model(x).float().cpu())
+                ys.append(y.cpu())
         return torch.cat(outs), torch.cat(ys)
 
     def get_preds(self, loader=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,10 +442,13 @@ def _check_fit_args(epochs, lr, schedule, checkpoint, resume, callbacks) -> list
         raise ParameterError(f"resume={resume!r} needs the folder of the checkpoint to resume from, "
                              "e.g. fit(5, 1e-3, checkpoint='runs/exp1', resume=True).")
     listed = list(callbacks) if isinstance(callbacks, Iterable) and not callable(callbacks) else None
-    if listed is None or not all(map(callable, listed)):
-        raise ParameterError(f"callbacks={callbacks!r} must be a list of functions cb(event, learner), "
-                             "e.g. callbacks=[print_event].")
-    return listed
+    if listed is None:
+        raise ParameterError(f"callbacks={callbacks!r} must be a list of functions cb(event, learner) or objects "
+                             "with event methods, e.g. callbacks=[tlkit.train.on('after_epoch', show)].")
+    try:
+        return [_as_function(cb) for cb in listed]
+    except ParameterError as exc:
+        raise ParameterError(f"callbacks={callbacks!r}: {exc}") from None
 
 
 def _schedule_factor(schedule: Callable, t: float) -> float:

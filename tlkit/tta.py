@@ -11,22 +11,19 @@ import time
 from typing import Callable, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from .data import DEFAULT_NORM, denormalize, make_loader
+from .data import CROP_FRACTION, DEFAULT_NORM, denormalize, eval_resize, make_loader
 from .errors import ParameterError
 from .models import eval_mode
 from .validate import check_choice, check_fraction, check_positive_int, check_unit_interval
 
-__all__ = ["VIEW_COUNTS", "TEN_CROP_NAMES", "TEN_CROP_SUBSETS", "MERGES", "crop_views", "CropViews", "AugViews",
-           "view_transform", "aug_transform", "views_of", "view_panels", "predict_views", "merge", "blend",
-           "accuracy", "tta_logits", "tta_table", "fixed_and_broken", "seconds_per_image", "timings", "cost_ratio", "cost_sentence",
-           "correct_of", "verdict_tta", "model_device"]
+__all__ = ["VIEW_COUNTS", "TEN_CROP_NAMES", "TEN_CROP_SUBSETS", "MERGES", "crop_views", "CropViews",
+           "AugViews", "view_transform", "aug_transform", "views_of", "view_panels", "predict_views",
+           "merge", "blend", "tta_logits", "seconds_per_image", "timings", "cost_ratio", "model_device"]
 
 VIEW_COUNTS = {"center": 1, "flip": 2, "five": 5, "ten": 10}
 # torchvision's fixed ten-crop order: four corners and the centre, then the same five crops of the mirrored
@@ -78,7 +75,7 @@ class CropViews:
 
 
 def view_transform(size: int, norm=DEFAULT_NORM, mode: str = "ten", resize: int | None = None,
-                   crop_pct: float = 0.875) -> T.Compose:
+                   crop_pct: float = CROP_FRACTION) -> T.Compose:
     """PIL image -> `[V, C, size, size]`: resize the shorter side to `resize`, normalise, cut the views.
 
     With the default `resize = size / crop_pct`, the centre view is exactly `data.eval_transform`'s image,
@@ -86,11 +83,11 @@ def view_transform(size: int, norm=DEFAULT_NORM, mode: str = "ten", resize: int 
     Why normalise before cropping: it is pointwise, so the result is identical and done once, not V times.
     """
     check_positive_int("size", size, 224)
-    check_fraction("crop_pct", crop_pct, 0.875)
-    resize = check_positive_int("resize", resize, 256) if resize is not None else int(round(size / crop_pct))
+    check_fraction("crop_pct", crop_pct, CROP_FRACTION)
+    resize = check_positive_int("resize", resize, 256) if resize is not None else eval_resize(size, crop_pct)
     if resize < size:
         raise ParameterError(f"resize={resize} must be at least the crop size {size}, "
-                             f"e.g. resize={round(size / 0.875)}.")
+                             f"e.g. resize={eval_resize(size)}.")
     return T.Compose([T.ToImage(), T.Resize(resize, antialias=True), T.ToDtype(torch.float32, scale=True),
                       T.Normalize(*norm), CropViews(size, mode)])
 
@@ -109,7 +106,7 @@ class AugViews:
 
 
 def aug_transform(size: int, norm=DEFAULT_NORM, n: int = 4, augment: Callable | None = None,
-                  crop_pct: float = 0.875) -> AugViews:
+                  crop_pct: float = CROP_FRACTION) -> AugViews:
     """The plain eval view plus `n` passes of the training augmentation (default: `data.train_transform`)."""
     from .data import eval_transform, train_transform
     check_positive_int("n", n, 4)
@@ -156,10 +153,8 @@ def predict_views(model: nn.Module, loader, device: torch.device | str | None = 
     from .progress import progress as progress_bar
     check_positive_int("max_batch", max_batch, 32)
     device = torch.device(device) if device is not None else model_device(model)
-    was_training = model.training
-    model.eval()
     outs, ys = [], []
-    try:
+    with eval_mode(model):
         for x, y in progress_bar(loader, desc="views", disable=not progress, leave=False):
             if x.dim() == 4:
                 x = x.unsqueeze(1)
@@ -167,8 +162,6 @@ def predict_views(model: nn.Module, loader, device: torch.device | str | None = 
             logits = torch.cat([model(chunk.to(device)).float().cpu() for chunk in x.flatten(0, 1).split(max_batch)])
             outs.append(logits.view(b, v, -1))
             ys.append(torch.as_tensor(y))
-    finally:
-        model.train(was_training)
     return torch.cat(outs), torch.cat(ys)
 
 
@@ -195,11 +188,6 @@ def blend(plain_probs: torch.Tensor, aug_probs: torch.Tensor, beta: float = 0.25
     return torch.lerp(aug_probs, plain_probs, beta)
 
 
-def accuracy(probs: torch.Tensor, targets: torch.Tensor) -> float:
-    """Fraction of rows whose most probable class is the target."""
-    return (probs.argmax(-1) == targets).float().mean().item()
-
-
 def tta_logits(model: nn.Module, images, transform: Callable, batch_size: int = 16,
                device: torch.device | str | None = None, num_workers: int = 0, decode_size: int | None = None,
                max_batch: int = 32, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,41 +202,6 @@ def tta_logits(model: nn.Module, images, transform: Callable, batch_size: int = 
     loader = make_loader(images.with_transform(transform, decode_size), batch_size, shuffle=False,
                          num_workers=num_workers)
     return predict_views(model, loader, device, max_batch, progress)
-
-
-def tta_table(ten_logits: torch.Tensor, targets: torch.Tensor, aug_logits: torch.Tensor | None = None,
-              beta: float = 0.25, hows: Sequence[str] = MERGES) -> pd.DataFrame:
-    """Accuracy and log-loss of every crop TTA (a subset of the ten-crop views) and merge rule.
-
-    `aug_logits` (`[N, 1 + n, K]`, plain view first) adds the fastai-style augmentation TTA rows.
-    """
-    check_unit_interval("beta", beta, 0.25)
-    unknown = [how for how in hows if how not in MERGES]
-    if unknown:
-        raise ParameterError(f"hows={hows!r}: {unknown} not in {MERGES}, e.g. hows={MERGES!r}.")
-    rows = []
-
-    def add(name, views, probs):
-        nll = F.nll_loss(probs.clamp_min(1e-12).log(), targets).item()
-        rows.append({"tta": name, "views": views, "merge": how, "acc": accuracy(probs, targets), "loss": nll})
-
-    for how in hows:
-        for name, idx in TEN_CROP_SUBSETS.items():
-            add(name, len(idx), merge(ten_logits[:, idx], how))
-        if aug_logits is not None:
-            n = aug_logits.shape[1] - 1
-            add(f"aug x{n} (beta={beta:g})", n + 1,
-                blend(aug_logits[:, 0].softmax(-1), merge(aug_logits[:, 1:], how), beta))
-    return pd.DataFrame(rows)
-
-
-def fixed_and_broken(plain_probs: torch.Tensor, tta_probs: torch.Tensor,
-                     targets: torch.Tensor) -> tuple[list[int], list[int]]:
-    """Indices TTA fixes (plain wrong, TTA right) and breaks (plain right, TTA wrong)."""
-    plain_ok = plain_probs.argmax(-1) == targets
-    tta_ok = tta_probs.argmax(-1) == targets
-    return (torch.nonzero(~plain_ok & tta_ok).flatten().tolist(),
-            torch.nonzero(plain_ok & ~tta_ok).flatten().tolist())
 
 
 # ---------------------------------------------------------------- cost
@@ -312,38 +265,3 @@ def cost_ratio(slow: nn.Module | Sequence[nn.Module], fast: nn.Module, batch: to
     return {"ratio": ratio, "low": low, "high": high, "slow_s": slow_t, "fast_s": fast_t, "n": repeats}
 
 
-def cost_sentence(name: str, cost: dict, notes_say: str) -> str:
-    """Markdown: a measured cost ratio with its interval next to what the notes say."""
-    return (f"*Cost:* {name} took **{cost['ratio']:.1f}x** the time of one plain prediction (95 % interval "
-            f"{cost['low']:.1f} to {cost['high']:.1f}, {cost.get('n') or len(cost['slow_s'])} timings of each). "
-            f"The notes say: {notes_say}")
-
-
-def correct_of(probs: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
-    """Per-image correctness (1.0 / 0.0) of merged probabilities `[N, K]`."""
-    return (probs.argmax(-1) == targets).float().numpy()
-
-
-def verdict_tta(claim_id: int, plain_probs: torch.Tensor, tta_probs: torch.Tensor, targets: torch.Tensor,
-                what: str):
-    """Verdict on 'TTA is more accurate than the plain prediction', paired over the validation images."""
-    from .claims import compare_accuracy
-    return compare_accuracy(claim_id, correct_of(tta_probs, targets), correct_of(plain_probs, targets), what)
-
-
-def plot_accuracy_vs_cost(table: pd.DataFrame, x: str = "ms_per_image", y: str = "acc", label: str = "method",
-                          ax=None):
-    """Accuracy against measured inference cost (log scale), one marker per method, named in the legend."""
-    import matplotlib.pyplot as plt
-    if ax is None:
-        _, ax = plt.subplots(figsize=(9, 4))
-    markers = "osD^v<>pPX*h"
-    for i, (_, row) in enumerate(table.iterrows()):
-        ax.scatter(row[x], row[y], s=60, marker=markers[i % len(markers)], label=str(row[label]))
-    ax.set_xscale("log")
-    ax.set(xlabel="inference time per image (ms, log scale)", ylabel="validation accuracy",
-           title="what the extra accuracy costs")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.figure.tight_layout()
-    return ax

@@ -38,22 +38,23 @@ def check_positive_int(name: str, value: Any, example: int, *, allow_zero: bool 
     return int(value)
 
 
+def _check_in_unit(name: str, value: Any, example: float, what: str, include_zero: bool, include_one: bool) -> float:
+    low_ok = (lambda v: v >= 0) if include_zero else (lambda v: v > 0)
+    ok = _is_number(value) and low_ok(value) and (value <= 1 if include_one else value < 1)
+    if not ok:
+        interval = ("[" if include_zero else "(") + "0, 1" + ("]" if include_one else ")")
+        raise ParameterError(f"{name}={value!r} must be {what} in {interval}, e.g. {name}={example!r}.")
+    return float(value)
+
+
 def check_fraction(name: str, value: Any, example: float = 0.5, *, include_one: bool = True) -> float:
     """A fraction in (0, 1] (or (0, 1) when `include_one` is False)."""
-    ok = _is_number(value) and 0 < value and (value <= 1 if include_one else value < 1)
-    if not ok:
-        interval = "(0, 1]" if include_one else "(0, 1)"
-        raise ParameterError(f"{name}={value!r} must be a fraction in {interval}, e.g. {name}={example!r}.")
-    return float(value)
+    return _check_in_unit(name, value, example, "a fraction", False, include_one)
 
 
 def check_unit_interval(name: str, value: Any, example: float = 0.5, *, include_one: bool = True) -> float:
     """A number in [0, 1] (or [0, 1) when `include_one` is False), e.g. a smoothing factor or a fraction of an LR."""
-    ok = _is_number(value) and 0 <= value and (value <= 1 if include_one else value < 1)
-    if not ok:
-        interval = "[0, 1]" if include_one else "[0, 1)"
-        raise ParameterError(f"{name}={value!r} must be a number in {interval}, e.g. {name}={example!r}.")
-    return float(value)
+    return _check_in_unit(name, value, example, "a number", True, include_one)
 
 
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:

@@ -15,11 +15,12 @@ import PIL.Image
 import torch
 
 from ..augment import AUGMENTATIONS, ColorPCA, make_pipeline, make_transform, pca_color
-from ..augment_plots import plot_image_grid
+from ..plots import show_images
 from ._static import figure_png, show_error, show_static_in_headless, stack_pngs
 
 __all__ = ["PHOTOS", "square_thumbnail", "skimage_photos", "dataset_samples", "demo_images",
-           "gallery_images", "pipeline_images", "pipeline_view", "gallery_rows", "pca_alpha_rows", "show_gallery"]
+           "gallery_images", "pipeline_images", "pipeline_view", "gallery_rows", "pca_alpha_rows",
+           "show_gallery", "NOTHING_SELECTED"]
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")  # shipped inside scikit-image: no download
 
@@ -109,7 +110,7 @@ def pca_alpha_rows(image: PIL.Image.Image, pca: ColorPCA,
 def _render(out, images: list, title: str, ncols: int = 8) -> bytes:
     """Replace what `out` (an ipywidgets Output) shows with a grid of `images`; returns the grid as PNG."""
     from IPython.display import Image, display
-    fig = plot_image_grid(images, ncols=ncols, title=title)
+    fig = show_images(images, ncols=ncols, suptitle=title)
     try:
         png = figure_png(fig)
     finally:

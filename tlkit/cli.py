@@ -33,6 +33,13 @@ from .errors import ParameterError
 from .html_export import export_html
 from .record import read_notebook_metrics
 
+__all__ = ["Interrupted", "Lesson", "LessonResult", "Parameter", "check_parameters", "claims_ledger",
+           "claims_table_html", "default_run_folder", "execute_in_subprocess", "inject_parameters",
+           "interrupted_result", "list_command", "list_lessons", "main", "notebook_parameters",
+           "notebooks_dir", "parse_parameters", "parse_value", "prepare_run_folder", "run_command",
+           "run_lessons", "select", "signals_interrupt", "stop_process_group", "write_summary", "GRACE_S",
+           "REPO", "STOP_SIGNALS"]
+
 REPO = Path(__file__).resolve().parent.parent
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GRACE_S = 10.0  # seconds a stopped lesson gets to shut its kernel down before SIGKILL
@@ -268,7 +275,7 @@ def execute_in_subprocess(lesson: Lesson, out: Path, params: dict, timeout: floa
     # TLKIT_HEADLESS: progress bars print one final line and widgets leave a picture (see tlkit.progress)
     env = dict(os.environ, TLKIT_HEADLESS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "tlkit.lessons", "_execute", str(lesson.path), str(out), json.dumps(params),
+    cmd = [sys.executable, "-m", "tlkit.cli", "_execute", str(lesson.path), str(out), json.dumps(params),
            str(timeout or 0), "1" if html_export else "0", str(report)]
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
@@ -463,6 +470,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ParameterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _lesson_selection(parser: argparse.ArgumentParser, preset: str, out_help: str) -> None:
+    """The arguments `lessons run` and `bench` share: which lessons, which preset, where to write."""
+    parser.add_argument("ids", nargs="*", help="lesson ids (e.g. 0 3 or 03_lr_finder); default: all")
+    parser.add_argument("--preset", default=preset, choices=PRESETS)
+    parser.add_argument("--out", type=Path, default=None, help=out_help)
 
 
 def _parser() -> argparse.ArgumentParser:

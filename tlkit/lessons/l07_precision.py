@@ -1,7 +1,12 @@
-"""Number formats for training: fp32 / fp16 / bf16, underflow, loss scaling, stochastic rounding."""
+"""Lesson 07 (notebooks/07_fp16_and_pipelines.ipynb): number formats and the data pipeline, measured.
+
+fp32 / fp16 / bf16, underflow, loss scaling, stochastic rounding; where a training step's time goes
+(loader, decode, resize, collate, copy); direct vs im2col vs FFT convolution; the two-process DDP check;
+and the verdicts on claims 25-29. The reusable pieces are the core's (`tlkit.conv`, `tlkit.pipeline`,
+`tlkit.ddp`).
+"""
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 
@@ -9,7 +14,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .env import threads
+from ..env import threads
+from ..train import autocast, on
+import time
+import torch.nn.functional as F
+from torch.utils import benchmark
+from torch.utils.data import Dataset
+from torchvision.transforms import v2 as T
+from ..conv import conv2d_fft, conv2d_im2col, fft_spectrum_factor, im2col
+from ..data import ImageList
+from ..pipeline import MemmapImageStore, measure_throughput
+
+__all__ = ["amp_benchmark", "bottleneck_prose", "bottleneck_report", "bottleneck_summary",
+           "cast_report", "fft_crossover", "finfo_table", "fp16_store", "fp16_table", "fp16_training_runs",
+           "gradient_match", "gradients", "kernel_sweep", "loss_curves", "neighbours", "plot_bottleneck",
+           "plot_gradient_range", "plot_running_sums", "repeated_timings", "running_sums",
+           "saved_activation_bytes", "small_kernel_timings", "stage_prose", "stage_ranking",
+           "stage_timings", "stochastic_round", "sum_rel_errors", "throughput_table", "timing_table",
+           "toy_problem", "train_fp16_variant", "verdict_amp_speed", "verdict_copy_and_store",
+           "verdict_fft", "verdict_fp16_convergence", "verdict_small_kernels", "verdict_split_and_average",
+           "FORMATS", "FP16_VARIANTS", "STAGES"]
 
 FORMATS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -165,14 +189,6 @@ def plot_running_sums(sums: pd.DataFrame, ax=None):
     return ax
 
 
-def autocast(device: str | torch.device, precision: str | None):
-    """`torch.autocast` for "bf16"/"fp16", or a no-op context for None (fp32)."""
-    if precision is None:
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
 def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor, precision: str | None = None,
                            channels_last: bool = False) -> int:
     """Bytes autograd keeps for the backward pass of one forward (each storage counted once).
@@ -216,7 +232,6 @@ def amp_benchmark(make_learner, configs: dict[str, dict], epochs: int = 1, lr=1e
     batch when every layer trains (even if the learner trains fewer), peak CUDA memory MB (on a GPU),
     final validation accuracy. `table.attrs["step_s"]` keeps each config's step times.
     """
-    from .pipeline import bottleneck_report
     rows, step_lists = [], {}
     for name, kwargs in configs.items():
         learn = make_learner(**kwargs)
@@ -340,7 +355,7 @@ def fp16_training_runs(seeds=(0, 1, 2), variants=FP16_VARIANTS, **kwargs) -> lis
 def fp16_table(runs: list[dict], reference: str = "fp32") -> pd.DataFrame:
     """Per variant: final validation loss and accuracy (mean over seeds), and the loss gap to `reference`
     with a paired bootstrap interval over validation items (each item's loss averaged over the seeds)."""
-    from .claims import paired_bootstrap
+    from ..claims import paired_bootstrap
     by = {v: np.mean([r["val_item_loss"] for r in runs if r["variant"] == v], axis=0)
           for v in dict.fromkeys(r["variant"] for r in runs)}
     acc = {v: np.mean([r["val_correct"].mean() for r in runs if r["variant"] == v]) for v in by}
@@ -366,7 +381,7 @@ def loss_curves(runs: list[dict], smooth: int = 20) -> pd.DataFrame:
 def verdict_fp16_convergence(runs: list[dict], naive: str = FP16_VARIANTS[1], careful: str = FP16_VARIANTS[2]):
     """Claim 28, 'trouble converging without care': validation loss of naive fp16 storage minus that of fp32
     master weights, per validation item (averaged over seeds), paired bootstrap over items."""
-    from . import claims
+    from .. import claims
     a = np.mean([r["val_item_loss"] for r in runs if r["variant"] == naive], axis=0)
     b = np.mean([r["val_item_loss"] for r in runs if r["variant"] == careful], axis=0)
     effect, low, high = claims.paired_bootstrap(a, b)
@@ -379,5 +394,294 @@ def verdict_fp16_convergence(runs: list[dict], naive: str = FP16_VARIANTS[1], ca
 
 def verdict_amp_speed(fp32_steps, fp16_steps, what: str):
     """The 'fp16 is faster' part of claim 28: fp32 step time over 16-bit step time, repeated steps."""
-    from . import claims
+    from .. import claims
     return claims.compare_speed(28, fp32_steps, fp16_steps, what)
+
+
+def throughput_table(sources: dict[str, Dataset], workers=(0, 1, 2), **kwargs) -> pd.DataFrame:
+    """`measure_throughput` for every source x num_workers; one row each."""
+    rows = []
+    for name, ds in sources.items():
+        for w in workers:
+            r = measure_throughput(ds, num_workers=w, **kwargs)
+            rows.append({"source": name, "num_workers": w, **r})
+    return pd.DataFrame(rows)
+
+
+def bottleneck_report(learn, epochs: int = 1, lr=1e-3, **fit_kwargs) -> pd.DataFrame:
+    """Train `learn` and time, per step, the data wait (loader) and the compute (copy, forward, backward, step).
+
+    Returns one row per step: `data_s`, `compute_s`; see `bottleneck_summary` for the verdict.
+    """
+    waits: list[float] = []
+    computes: list[float] = []
+
+    def after_batch(lrn) -> None:
+        if lrn.device.type == "cuda":
+            torch.cuda.synchronize()
+        waits.append(lrn.batch_ready_at - lrn.batch_requested_at)
+        computes.append(time.perf_counter() - lrn.batch_ready_at)
+
+    learn.fit(epochs, lr, callbacks=[on("after_batch", after_batch), *fit_kwargs.pop("callbacks", [])], **fit_kwargs)
+    return pd.DataFrame({"step": range(1, len(computes) + 1), "data_s": waits, "compute_s": computes})
+
+
+def bottleneck_summary(steps: pd.DataFrame) -> dict:
+    """Which side limits training: 'data' if the loop waited on the loader more than it computed."""
+    data, compute = float(steps.data_s.sum()), float(steps.compute_s.sum())
+    return {"limited_by": "data" if data > compute else "compute",
+            "data_fraction": data / (data + compute),
+            "data_s_per_step": data / len(steps), "compute_s_per_step": compute / len(steps)}
+
+
+def plot_bottleneck(reports: dict[str, pd.DataFrame], ax=None):
+    """Stacked bars of mean data-wait and compute seconds per step, one bar per configuration."""
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(6, 3))[1]
+    names = list(reports)
+    data = [reports[n].data_s.mean() for n in names]
+    compute = [reports[n].compute_s.mean() for n in names]
+    ax.barh(names, data, label="waiting for data", color="tab:orange")
+    ax.barh(names, compute, left=data, label="compute (forward, backward, step)", color="tab:blue")
+    ax.set_xlabel("seconds per training step")
+    ax.legend(loc="upper right", fontsize=8)
+    return ax
+
+
+STAGES = ("decode", "resize", "collate", "copy")
+
+
+def stage_timings(dataset: ImageList, store: MemmapImageStore, size: int, batch_size: int = 8, n_batches: int = 8,
+                  device: str | torch.device = "cpu", seed: int = 0) -> pd.DataFrame:
+    """Seconds per batch of each step of loading from JPEGs, and of reading the same images from the store.
+
+    One row per batch: `decode` (open and decode the JPEGs), `resize` (resize + centre crop to uint8
+    tensors), `collate` (stack into one batch tensor), `copy` (on a GPU: into pinned memory and to the
+    device, synchronised; on a CPU, which has no device to copy to: the batch copied into a fresh
+    host buffer, the memcpy a pinned transfer starts with), and `memmap` (read the same images from
+    the contiguous store and stack them). Batches draw random images; the two sources alternate.
+    Timed on one thread, as a DataLoader worker runs.
+    """
+    from torch.utils.data import default_collate
+    device = torch.device(device)
+    resize = T.Compose([T.ToImage(), T.Resize(size, antialias=True), T.CenterCrop(size)])
+    rng = np.random.default_rng(seed)
+    with threads(1):  # as in a DataLoader worker; a shared machine's thread wake-ups would swamp the copy
+        rows = [_time_one_batch(dataset, store, resize, default_collate, device,
+                                rng.choice(len(dataset), batch_size, replace=False).tolist())
+                for _ in range(n_batches)]
+    return pd.DataFrame(rows)
+
+
+def _time_one_batch(dataset, store, resize, collate, device, idx) -> dict:
+    t0 = time.perf_counter()
+    images = [dataset.image(i) for i in idx]
+    t1 = time.perf_counter()
+    tensors = [resize(img) for img in images]
+    t2 = time.perf_counter()
+    batch = collate(tensors)
+    t3 = time.perf_counter()
+    if device.type == "cuda":
+        batch.pin_memory().to(device, non_blocking=True)
+        torch.cuda.synchronize()
+    else:
+        torch.empty_like(batch).copy_(batch)
+    t4 = time.perf_counter()
+    collate([store[i][0] for i in idx])
+    t5 = time.perf_counter()
+    return {"decode": t1 - t0, "resize": t2 - t1, "collate": t3 - t2, "copy": t4 - t3, "memmap": t5 - t4}
+
+
+def stage_ranking(stages: pd.DataFrame) -> pd.DataFrame:
+    """The loading steps ranked by their mean cost in this run, with a t interval over batches."""
+    from ..claims import mean_interval
+    rows = []
+    for s in STAGES:
+        mean, low, high = mean_interval(stages[s].to_numpy())
+        rows.append({"step": s, "ms per batch": 1e3 * mean, "low": 1e3 * low, "high": 1e3 * high})
+    table = pd.DataFrame(rows).sort_values("ms per batch", ascending=False).reset_index(drop=True)
+    table.index = pd.RangeIndex(1, len(table) + 1, name="rank")
+    table["share of the JPEG path"] = table["ms per batch"] / table["ms per batch"].sum()
+    return table
+
+
+def stage_prose(ranking: pd.DataFrame, device: str | torch.device = "cpu") -> str:
+    """Markdown stating the run's ranking of the loading steps (generated, so it follows the run)."""
+    steps = ranking["step"].tolist()
+    top, copy_rank = steps[0], steps.index("copy") + 1
+    share = ranking.set_index("step")["share of the JPEG path"]
+    where = "to the GPU" if torch.device(device).type == "cuda" else "into a host buffer (no GPU here)"
+    text = (f"In this run the steps rank {' > '.join(steps)}: **{top}** costs the most "
+            f"({share[top]:.0%} of the JPEG path), and the copy {where} ranks **{copy_rank} of {len(steps)}** "
+            f"({share['copy']:.1%}).")
+    if top == "copy":
+        text += " Here copying the batch is the most expensive step, as the notes say."
+    else:
+        text += (f" Removing the {top} step (pre-processing once into a contiguous file) buys more than "
+                 "making the copy faster would.")
+    return text
+
+
+def bottleneck_prose(summary: dict) -> str:
+    """Markdown that reads the bottleneck report of this run (which side limited each configuration)."""
+    lines = [f"- **{name}**: limited by **{r['limited_by']}** ({r['data_fraction']:.0%} of the time waiting for "
+             f"data; {1e3 * r['data_s_per_step']:.0f} ms data wait vs {1e3 * r['compute_s_per_step']:.0f} ms "
+             "compute per step)" for name, r in summary.items()]
+    jpeg, store = summary.get("JPEG, head only"), summary.get("memmap, head only")
+    if jpeg and store:
+        if jpeg["limited_by"] == "data":
+            lines.append("\nWith the small head-only compute, decoding JPEGs **was** the limit in this run; "
+                         f"the memmap store waited {1e3 * store['data_s_per_step']:.0f} ms per step instead of "
+                         f"{1e3 * jpeg['data_s_per_step']:.0f} ms, and was limited by {store['limited_by']}.")
+        else:
+            lines.append("\nIn this run even the head-only fine-tune from JPEGs was limited by **compute**: "
+                         "speeding up the data pipeline would not have made it faster here "
+                         f"(data wait {1e3 * jpeg['data_s_per_step']:.0f} ms vs "
+                         f"{1e3 * store['data_s_per_step']:.0f} ms from the store, per step).")
+    return "\n".join(lines)
+
+
+def verdict_copy_and_store(stages: pd.DataFrame):
+    """Claim 27, both parts: the copy over the costliest other step, and JPEG loading over the memmap store."""
+    from .. import claims
+    others = [s for s in STAGES if s != "copy"]
+    top = max(others, key=lambda s: stages[s].mean())
+    copy = claims.compare_speed(27, stages["copy"], stages[top],
+                                f"cost of the copy over the costliest other step ({top}), per batch "
+                                "(positive: the copy is the most expensive step)", unit="x (ratio)")
+    jpeg = stages[others].sum(axis=1)
+    store = claims.compare_speed(27, jpeg, stages["memmap"],
+                                 "time to decode, resize and collate JPEGs over reading the same images from the "
+                                 "contiguous memmap store, per batch", unit="x (ratio)")
+    return claims.weakest_part(27, {"copy is the most expensive step": copy, "contiguous file": store})
+
+
+def repeated_timings(fns: dict, repeats: int = 9, block_s: float = 0.005, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each function, `repeats` times, interleaved (torch.utils.benchmark, one thread).
+
+    Each of the `repeats` timings is the median of three blocks of calls, each block about `block_s` long.
+
+    Why interleaved: on a shared machine the speed drifts; timing A, B, A, B... lets the drift hit
+    both alike, so their ratio stays honest. Each timing is a block of calls lasting about `block_s`.
+    """
+    timers, numbers = {}, {}
+    for name, fn in fns.items():
+        timers[name] = benchmark.Timer("fn()", globals={"fn": fn})
+        for _ in range(warmup):
+            fn()
+        one = timers[name].timeit(1).mean
+        numbers[name] = max(1, int(block_s / max(one, 1e-7)))
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name in fns:  # one timing = the median of 3 blocks: a burst from a neighbour's process shifts it less
+            blocks = sorted(timers[name].timeit(numbers[name]).mean for _ in range(3))
+            times[name].append(blocks[1])
+    return times
+
+
+def kernel_sweep(kernels=(3, 7, 13, 21), channels: int = 8, size: int = 40, batch: int = 1, repeats: int = 5,
+                 block_s: float = 0.002, seed: int = 0) -> "tuple":
+    """Direct (`F.conv2d`), im2col and FFT convolution timed on the same input for each kernel size.
+
+    Returns (table, timings): one table row per kernel (median ms of each method, the im2col matrix's
+    bytes / the input's bytes counted from the tensor it builds, the FFT kernel spectrum's size / the
+    kernel's), and timings[k][method] = the repeated seconds per call (for intervals).
+    """
+    import pandas as pd
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, size, size, generator=g)
+    rows, timings = [], {}
+    for k in kernels:
+        w = torch.randn(channels, channels, k, k, generator=g) / (channels * k * k) ** 0.5
+        pad = k // 2
+        t = repeated_timings({"direct": lambda: F.conv2d(x, w, padding=pad),
+                              "im2col": lambda: conv2d_im2col(x, w, padding=pad),
+                              "fft": lambda: conv2d_fft(x, w, padding=pad)}, repeats=repeats, block_s=block_s)
+        timings[k] = t
+        cols = im2col(x, k, 1, pad)
+        ref = F.conv2d(x, w, padding=pad)
+        rows.append({"kernel": k, **{f"{m} ms": 1e3 * float(torch.tensor(v).median()) for m, v in t.items()},
+                     "im2col bytes / input bytes": cols.nbytes / x.nbytes,
+                     "fft kernel spectrum / kernel": fft_spectrum_factor(x.shape, k, pad),
+                     "max |fft - direct|": (conv2d_fft(x, w, padding=pad) - ref).abs().max().item()})
+    return pd.DataFrame(rows).set_index("kernel"), timings
+
+
+def fft_crossover(table) -> int | None:
+    """The smallest kernel of the sweep at which the FFT's median time beats the direct convolution's."""
+    wins = table.index[table["fft ms"] < table["direct ms"]]
+    return int(wins.min()) if len(wins) else None
+
+
+def small_kernel_timings(channels: int = 32, size: int = 32, batch: int = 2, repeats: int = 9,
+                         block_s: float = 0.004, seed: int = 0) -> dict[str, list[float]]:
+    """Repeated seconds per call: one 7x7 vs three stacked 3x3 (C -> C), and Ng's 5x5 192 -> 32 on 28x28
+    direct vs through a 1x1 bottleneck to 16 channels (all 'same' padding, no bias)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, size, size, generator=g)
+    w7 = torch.randn(channels, channels, 7, 7, generator=g)
+    w3 = [torch.randn(channels, channels, 3, 3, generator=g) for _ in range(3)]
+    xb = torch.randn(1, 192, 28, 28, generator=g)
+    w5 = torch.randn(32, 192, 5, 5, generator=g)
+    w1 = torch.randn(16, 192, 1, 1, generator=g)
+    w5b = torch.randn(32, 16, 5, 5, generator=g)
+
+    def stack():
+        y = x
+        for w in w3:
+            y = F.relu(F.conv2d(y, w, padding=1))
+        return y
+
+    return repeated_timings({
+        "one 7x7": lambda: F.relu(F.conv2d(x, w7, padding=3)), "three 3x3": stack,
+        "5x5 direct": lambda: F.conv2d(xb, w5, padding=2),
+        "1x1 bottleneck + 5x5": lambda: F.conv2d(F.conv2d(xb, w1), w5b, padding=2)}, repeats=repeats,
+        block_s=block_s)
+
+
+def verdict_small_kernels(times: dict[str, list[float]]):
+    """Claim 25: the speed-up of three 3x3 over one 7x7, and of the 1x1 bottleneck over the direct 5x5."""
+    from .. import claims
+    stack = claims.compare_speed(25, times["one 7x7"], times["three 3x3"],
+                                 "time of one 7x7 over time of three stacked 3x3 (same receptive field, C -> C)")
+    neck = claims.compare_speed(25, times["5x5 direct"], times["1x1 bottleneck + 5x5"],
+                                "time of a 5x5 192 -> 32 over a 1x1 bottleneck to 16 then the 5x5")
+    return claims.weakest_part(25, {"3x3 stack": stack, "1x1 bottleneck": neck})
+
+
+def verdict_fft(timings: dict, kernel: int = 3):
+    """Claim 26, 'FFT is hard in practice': the direct convolution's speed-up over the FFT at CNN-size kernels."""
+    from .. import claims
+    t = timings[kernel]
+    return claims.compare_speed(26, t["fft"], t["direct"],
+                                f"time of our FFT convolution over F.conv2d for a {kernel}x{kernel} kernel "
+                                "(positive: FFT loses where CNNs live)")
+
+
+def gradient_match(ddp: dict, single: dict, rtol: float = 1e-4, atol: float = 1e-6) -> dict:
+    """How many gradient entries of all steps DDP's averaged gradient equals the single-process one."""
+    a, b = ddp["grads"], single["grads"]
+    if a.shape != b.shape:
+        return {"matches": 0, "entries": int(max(a.numel(), b.numel(), 2)), "max_abs_diff": float("inf")}
+    close = (a - b).abs() <= atol + rtol * b.abs()
+    return {"matches": int(close.sum()), "entries": int(close.numel()),
+            "max_abs_diff": float((a - b).abs().max()), "max_abs_grad": float(b.abs().max())}
+
+
+def timing_table(results: list[dict]) -> dict:
+    """Median all-reduce time and median step time (compute + all-reduce, rank 0, first step excluded)."""
+    r = results[0]
+    steps = r["step_s"][1:] if len(r["step_s"]) > 1 else r["step_s"]
+    allreduce, step = float(np.median(r["allreduce_s"])), float(np.median(steps))
+    return {"floats_reduced": int(r["grads"].shape[1]), "allreduce_ms": 1e3 * allreduce, "step_ms": 1e3 * step,
+            "allreduce_share_of_step": allreduce / step}
+
+
+def verdict_split_and_average(results: list[dict], single: dict):
+    """Claim 29: the gradient entries (all steps) where DDP's average equals one process with the global batch."""
+    from .. import claims
+    m = gradient_match(results[0], single)
+    return claims.share_above(29, m["matches"], m["entries"], 0.99,
+                              f"gradient entries, over {len(results[0]['step_s'])} steps, where the average over "
+                              f"{results[0]['world_size']} processes (each with half of every mini-batch) equals "
+                              "one process with the whole mini-batch")

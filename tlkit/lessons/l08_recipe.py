@@ -1,4 +1,5 @@
-"""The full recipe (lesson 08): every step of the notes, run by calling tlkit, each measured on a held-out test split.
+"""Lesson 08 (notebooks/08_full_recipe.ipynb): every step of the notes' recipe, run by calling tlkit, each
+measured on a held-out test split.
 
 The steps, in the notes' order: explore the data; precompute activations (augmentation on, but it has no
 effect on cached features); find the LR; train the last layer on the precomputed activations; train it with
@@ -32,18 +33,21 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from . import claims, data, features, models, schedules, tta
-from .augment import augmented_transform
-from .env import seed_everything
-from .lr_finder import LRFinderResult, lr_find
-from .optim import default_group_ratio, differential_lrs, lrs_for_groups
-from .storage import atomic_save
-from .train import Learner
-from .validate import check_positive, check_positive_int
+from .. import claims, data, features, models, schedules, tta
+from ..augment import augmented_transform
+from ..env import seed_everything
+from ..lr_finder import LRFinderResult, lr_find
+from ..optim import default_group_ratio, differential_lrs, lrs_for_groups
+from ..storage import atomic_save
+from ..train import Learner
+from ..validate import check_positive, check_positive_int
+from .. import metrics
 
-__all__ = ["STEP_NAMES", "Recipe", "WorkPlan", "sgdr_epochs", "fine_tune", "pick_lr", "plot_lr_sweep", "most_confused", "top_losses",
-           "per_class_accuracy", "show_top_losses", "waterfall_table", "plot_waterfall", "image_size_table", "ModelBundle", "save_model", "load_model",
-           "predict_files", "hold_out_test", "BestEpoch", "KeepDecision", "keep_decision", "confusion_pairs", "verdict_confusion", "verdict_retrain"]
+__all__ = ["STEP_NAMES", "Recipe", "WorkPlan", "sgdr_epochs", "fine_tune", "pick_lr", "plot_lr_sweep",
+           "most_confused", "top_losses", "per_class_accuracy", "show_top_losses", "waterfall_table",
+           "plot_waterfall", "image_size_table", "ModelBundle", "save_model", "load_model", "predict_files",
+           "hold_out_test", "BestEpoch", "KeepDecision", "keep_decision", "confusion_pairs",
+           "verdict_confusion", "verdict_retrain", "StepResult", "MODEL_FORMAT"]
 
 STEP_NAMES = {"probe": "linear probe (baseline)", "head": "pretrained head only", "augment": "+ augmentation (SGDR, cycle_len=1)",
               "unfreeze": "+ unfreeze, differential LRs (cycle_mult=2)", "tta": "+ TTA"}
@@ -218,10 +222,6 @@ def hold_out_test(splits: data.Splits, fraction: float = 0.5, seed: int = 0) -> 
     return replace(splits, train=splits.train.take(rest)), splits.train.take(test)
 
 
-def _snapshot(module: nn.Module) -> dict:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
 @dataclass(frozen=True)
 class KeepDecision:
     """Validation's call on a step, image by image against the model it started from (McNemar's z).
@@ -289,7 +289,7 @@ class BestEpoch:
                 self.states.clear()
                 self.correct.clear()
             self.best_acc = acc
-            self.states[learn.epoch + 1] = _snapshot(self.module)
+            self.states[learn.epoch + 1] = models.copy_state(self.module)
             self.correct[learn.epoch + 1] = learn.last_correct.cpu().numpy().astype(bool)
 
     def restore(self, history: pd.DataFrame) -> int:
@@ -570,7 +570,7 @@ class Recipe:
         """Fit, restore the best validation epoch, measure on test, keep it only if validation says so."""
         start = time.perf_counter()
         keeper = BestEpoch(module) if self.select_best else None
-        before = _snapshot(self.net) if keeper and self._kept_val_correct is not None and key != "head" else None
+        before = models.copy_state(self.net) if keeper and self._kept_val_correct is not None and key != "head" else None
         hist = learner.fit(epochs, rates, schedule=schedule, callbacks=[keeper] if keeper else ())
         best = keeper.restore(hist) if keeper else len(hist)
         row = hist.iloc[best - 1]
@@ -694,7 +694,7 @@ class Recipe:
         """Test-time augmentation, measured on test; used (`use_tta`) only if validation prefers it."""
         start = time.perf_counter()
         probs, y = self.tta_probs(mode, images=self.splits.val, **kwargs)
-        score = (tta.accuracy(probs, y), F.nll_loss(probs.clamp_min(1e-12).log(), y).item())
+        score = (metrics.accuracy(probs, y), metrics.nll(probs, y))
         correct = None
         if self.test is not None:
             test_probs, test_y = self.tta_probs(mode, images=self.test, **kwargs)
@@ -774,7 +774,7 @@ def most_confused(targets, preds, classes: Sequence[str], min_count: int = 1) ->
     """(actual, predicted, count) for every off-diagonal pair seen at least `min_count` times, commonest first."""
     targets, preds = np.asarray(targets), np.asarray(preds)
     k = len(classes)
-    cm = np.bincount(targets * k + preds, minlength=k * k).reshape(k, k)
+    cm = metrics.confusion_matrix(targets, preds, k)
     rows = [{"actual": classes[a], "predicted": classes[p], "count": int(cm[a, p])}
             for a in range(k) for p in range(k) if a != p and cm[a, p] >= min_count]
     return pd.DataFrame(rows, columns=["actual", "predicted", "count"]).sort_values(
@@ -784,7 +784,7 @@ def most_confused(targets, preds, classes: Sequence[str], min_count: int = 1) ->
 def top_losses(probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], k: int = 8) -> pd.DataFrame:
     """The `k` items with the largest cross-entropy: index, actual, predicted, its probability, p(actual), loss."""
     probs, targets = torch.as_tensor(probs).float(), torch.as_tensor(targets).long()
-    losses = F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="none")
+    losses = metrics.item_nll(probs, targets)
     order = losses.argsort(descending=True, stable=True)[:k]
     p_max, pred = probs.max(1)
     return pd.DataFrame([{"index": int(i), "actual": classes[int(targets[i])], "predicted": classes[int(pred[i])],
@@ -805,7 +805,7 @@ def per_class_accuracy(targets, preds, classes: Sequence[str]) -> pd.DataFrame:
 
 def show_top_losses(images: data.ImageList, table: pd.DataFrame, ncols: int = 4, size: float = 2.6):
     """The top-loss images titled predicted / actual / probability (red where the prediction is wrong)."""
-    from .plots import show_images
+    from ..plots import show_images
     pics = [images.image(int(i)) for i in table["index"]]
     titles = [f"{r.predicted} / {r.actual}\np={r.probability:.2f} loss={r.loss:.2f}" for r in table.itertuples()]
     colors = ["tab:red" if r.predicted != r.actual else "black" for r in table.itertuples()]
@@ -887,7 +887,7 @@ def confusion_pairs(targets, probs, k: int) -> list[tuple[int, int]]:
     probability the model gave the wrong class (so a ranking exists even without errors)."""
     targets, probs = np.asarray(targets), np.asarray(probs, dtype=float)
     preds = probs.argmax(1)
-    hard = np.bincount(targets * k + preds, minlength=k * k).reshape(k, k)
+    hard = metrics.confusion_matrix(targets, preds, k)
     soft = np.zeros((k, k))
     np.add.at(soft, targets, probs)
     pairs = [(a, p) for a in range(k) for p in range(k) if a != p]
@@ -980,7 +980,7 @@ def save_model(path: str | os.PathLike, net: models.Net, classes: Sequence[str],
             "norm": [[float(v) for v in preprocessing["norm"][0]], [float(v) for v in preprocessing["norm"][1]]]}
     state = {"format": MODEL_FORMAT, "backbone": net.name, "head": _head_spec(net.head),
              "classes": [str(c) for c in classes], "preprocessing": prep,
-             "model": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}
+             "model": models.copy_state(net, to_cpu=True)}
     return atomic_save(state, path)
 
 

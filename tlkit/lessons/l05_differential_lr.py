@@ -1,18 +1,17 @@
-"""How far fine-tuning moved each layer group: the relative weight change ||W_after - W_before|| / ||W_before||.
+"""Lesson 05 (notebooks/05_differential_lr.ipynb): differential learning rates, and how far fine-tuning moved
+each layer group: the relative weight change ||W_after - W_before|| / ||W_before||.
 
 Why a relative measure: early layers hold small weights in many tensors and the head holds a few
 large ones, so absolute changes are not comparable across groups; the ratio says "by what fraction
 did this group's weights move", which is what discriminative learning rates are meant to control.
 
-Also lesson 05's experiment: fine-tune one network from the same start, with the same seed and
-budget, once per ratio between the groups' LRs (`compare_ratios`), after the recipe's head
-training and LR finder (`run_recipe`).
+The experiment (`study`): train the head, unfreeze, run one LR finder per setting (uniform, 3x, 10x
+between groups, and group 0 frozen), then fine-tune from the same start, once per setting and seed;
+verdicts on claims 18 and 19.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,8 +19,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .claims import bootstrap_sum
-from .optim import differential_lrs, lrs_for_groups
+from .. import models
+from ..claims import bootstrap_sum
+from ..optim import differential_lrs, lrs_for_groups
+
+__all__ = ["FineTuneRun", "Study", "change_table", "comparisons",
+           "divergence_lr", "find_lr", "find_lrs", "finetune_from", "first_conv",
+           "frozen_bn_stats", "group_frozen", "group_labels", "group_param_names", "lr_from_finder",
+           "plot_change_by_depth", "plot_change_by_group", "plot_filters", "plot_finder", "ratio_label",
+           "relative_change", "relative_change_by_group", "relative_change_by_tensor", "relearn_advantage",
+           "rule_advantage", "run_study", "similar_set_note", "weights_of", "study", "study_on",
+           "train_head", "verdict_ratio_rule", "verdict_relearn", "FROZEN0"]
 
 
 def group_param_names(net: nn.Module) -> list[list[str]]:
@@ -48,7 +56,7 @@ def group_labels(n_groups: int) -> list[str]:
     return [f"{i} head" if i == n_groups - 1 else f"{i}" for i in range(n_groups)]
 
 
-def snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
+def weights_of(net: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of every parameter (no buffers; half precision widened to float32)."""
     def copy_of(p: torch.Tensor) -> torch.Tensor:
         t = p.detach().to("cpu", copy=True)
@@ -70,7 +78,7 @@ def relative_change(before: dict[str, torch.Tensor], after: dict[str, torch.Tens
 def relative_change_by_group(net: nn.Module, before: dict[str, torch.Tensor],
                              after: dict[str, torch.Tensor] | None = None) -> list[float]:
     """One relative weight change per layer group, early -> head (`after`: the net's current weights)."""
-    after = snapshot(net) if after is None else after
+    after = weights_of(net) if after is None else after
     return [relative_change(before, after, names) for names in group_param_names(net)]
 
 
@@ -81,7 +89,7 @@ def relative_change_by_tensor(net: nn.Module, before: dict[str, torch.Tensor],
     Biases and normalisation parameters are left out (one-dimensional tensors): they are tiny and
     their relative change is noisy, while conv/linear weights show the depth trend cleanly.
     """
-    after = snapshot(net) if after is None else after
+    after = weights_of(net) if after is None else after
     group_of = {name: g for g, names in enumerate(group_param_names(net)) for name in names}
     rows = [{"name": name, "group": group_of[name], "rel_change": relative_change(before, after, [name])}
             for name, p in net.named_parameters() if p.dim() > 1]
@@ -137,15 +145,15 @@ def finetune_from(learn, start_state: dict, lr, epochs: int, schedule=None, seed
     Why reset and reseed: two runs compared this way see the same starting weights, the same
     batches in the same order and the same augmentations, so only the learning rates differ.
     """
-    from . import env
+    from .. import env
 
     learn.net.load_state_dict(start_state)
-    before = snapshot(learn.net)
+    before = weights_of(learn.net)
     env.seed_everything(seed)
     _reseed_batches(learn, seed)  # the loader's (or its sampler's) generator: restart the batch order too
     with contextlib.nullcontext() if bn_stats else frozen_bn_stats(learn.net):
         history = learn.fit(epochs, lr, schedule=schedule)
-    after = snapshot(learn.net)
+    after = weights_of(learn.net)
     conv = _first_conv_name(learn.net)
     return FineTuneRun(label=label, lrs=lrs_for_groups(lr, len(learn.net.groups)),
                        acc=float(history["val_acc"].iloc[-1]), history=history,
@@ -156,62 +164,14 @@ def finetune_from(learn, start_state: dict, lr, epochs: int, schedule=None, seed
                        first_filter_change=relative_change(before, after, [conv]))
 
 
-def copy_state(net: nn.Module) -> dict:
-    """A deep copy of the full state dict (parameters and BatchNorm buffers) to restart runs from."""
-    return copy.deepcopy(net.state_dict())
-
-
 def ratio_label(ratio: float) -> str:
     """'uniform' for a ratio of 1, else e.g. '10x'."""
     return "uniform" if ratio == 1 else f"{ratio:g}x"
 
 
-def compare_ratios(learn, start_state: dict, lr: float, ratios=(1, 10, 3), epochs: int = 1, seed: int = 0,
-                   bn_stats: bool = True) -> dict[str, FineTuneRun]:
-    """Fine-tune once per ratio (in increasing order) from `start_state`, same budget and seed; keys 'uniform', '3x'...
-
-    Every run gives the head the same `lr` and uses SGDR with one-epoch cycles (`sgdr(epochs, 1)`), so
-    the only difference between runs is how much the earlier groups may move.
-    """
-    from .schedules import sgdr
-    n = len(learn.net.groups)
-    return {ratio_label(r): finetune_from(learn, start_state, differential_lrs(lr, r, n), epochs, sgdr(epochs, 1),
-                                          seed, ratio_label(r), bn_stats)
-            for r in sorted(set(ratios))}
-
-
-@dataclass
-class Comparison:
-    """The lesson's recipe on one dataset: head accuracy, the LR finder, and one fine-tuning run per ratio."""
-
-    dataset: str
-    ratio: float            # the rule's step between groups (10 similar, 3 dissimilar)
-    acc_head: float
-    lr: float               # the head's LR in every run
-    finder: object
-    runs: dict[str, FineTuneRun]
-
-    @property
-    def uniform(self) -> FineTuneRun:
-        return self.runs["uniform"]
-
-    @property
-    def differential(self) -> FineTuneRun:
-        """The run with the rule's ratio."""
-        return self.runs[ratio_label(self.ratio)]
-
-    def table(self) -> pd.DataFrame:
-        """Accuracy of the head alone and of every run, with the LRs of the earliest group and the head."""
-        rows = [{"dataset": self.dataset, "run": "head only", "acc": self.acc_head, "lr_early": 0.0,
-                 "lr_head": float("nan")}]
-        rows += [{"dataset": self.dataset, "run": r.label, "acc": r.acc, "lr_early": r.lrs[0], "lr_head": r.lrs[-1]}
-                 for r in self.runs.values()]
-        return pd.DataFrame(rows)
-
-
 def train_head(task, net, epochs: int, lr: float, opt: str = "adamw", progress: bool | None = None) -> float:
     """Train `net`'s new head on precomputed body features (cheap: the body runs once); returns val accuracy."""
-    from . import features, models
+    from .. import features
     models.freeze(net)
     train_fs, val_fs = task.features(net, progress)
     learn = features.head_learner(net, train_fs, val_fs, task.batch_size, seed=task.seed, opt=opt,
@@ -219,25 +179,10 @@ def train_head(task, net, epochs: int, lr: float, opt: str = "adamw", progress: 
     return float(learn.fit(epochs, lr)["val_acc"].iloc[-1])
 
 
-def make_task(dataset: str, image_size: int, fraction: float = 1.0, backbone: str = "efficientnet_lite0",
-              batch_size: int = 32, seed: int = 0, device="cpu", max_val: int | None = None,
-              max_train: int | None = None):
-    """Lesson 01's in-memory `Task` with a seeded, stratified `fraction` of the training images.
-
-    `max_train` / `max_val` cap the images (stratified, before decoding) to bound time and memory on a
-    large folder; `fraction` then applies to the training images kept.
-    """
-    from .strategies import make_task as load_task
-    task = load_task(dataset, image_size, backbone, batch_size, seed, device, max_train=max_train, max_val=max_val)
-    if fraction < 1:
-        task = dataclasses.replace(task, train=task.train.subset(float(fraction), seed))
-    return task
-
-
 def find_lr(learn, ratio: float, num_it: int = 100, bn_stats: bool = True, start_lr: float = 1e-5,
             end_lr: float = 1.0):
     """LR finder on the unfrozen net with the groups held `ratio` apart; the LRs it reports are the head's."""
-    from .lr_finder import lr_find
+    from ..lr_finder import lr_find
     with contextlib.nullcontext() if bn_stats else frozen_bn_stats(learn.net):
         return lr_find(learn, group_lrs=differential_lrs(1.0, ratio, len(learn.net.groups)), num_it=num_it,
                        start_lr=start_lr, end_lr=end_lr, skip_end=2, warn=False)
@@ -270,28 +215,6 @@ def lr_from_finder(result, below_divergence: float = 10.0, rise: float = 2.0, fa
     if broke is not None:
         return broke / below_divergence
     return float(result.lr("valley") or fallback)
-
-
-def run_recipe(task, ratio: float, epochs: int, head_epochs: int, head_lr: float, other_ratios=(1,),
-               lr: float | None = None, lr_find_iters: int = 100, opt: str = "adamw", bn_stats: bool = True,
-               progress: bool | None = None) -> Comparison:
-    """Train the head, unfreeze, run the LR finder with the groups `ratio` apart, then fine-tune per ratio.
-
-    Runs `ratio` and every one of `other_ratios` (1 = uniform) from the same start with the same seed.
-    `lr=None` takes the head's LR from the finder (`lr_from_finder`).
-    """
-    from . import models
-    from .train import Learner
-    net = task.net()
-    acc_head = train_head(task, net, head_epochs, head_lr, opt, progress)
-    models.unfreeze(net)
-    learn = Learner(net, task.loaders(), opt=opt, device=task.device, progress=progress)
-    finder = None
-    if lr is None:
-        finder = find_lr(learn, ratio, lr_find_iters, bn_stats)
-        lr = lr_from_finder(finder)
-    runs = compare_ratios(learn, copy_state(net), lr, (1, ratio, *other_ratios), epochs, task.seed, bn_stats)
-    return Comparison(task.name, ratio, acc_head, lr, finder, runs)
 
 
 def change_table(runs: list[FineTuneRun], labels: list[str] | None = None) -> pd.DataFrame:
@@ -456,7 +379,7 @@ def run_study(learn, start_state: dict, lrs: dict[str, float], seeds, epochs: in
     Runs with one seed share the start, the batches and their order; only the LRs differ. Every run
     is one SGDR cycle per epoch.
     """
-    from .schedules import sgdr
+    from ..schedules import sgdr
     n = len(learn.net.groups)
     runs: dict[str, list[FineTuneRun]] = {label: [] for label in lrs}
     if frozen0:
@@ -490,13 +413,12 @@ def study(task, kind: str, rule: float, seeds, epochs: int, head_epochs: int, he
           ratios=(1, 10, 3), lr_find_iters: int = 100, opt: str = "adamw", bn_stats: bool = True,
           lr: float | None = None, progress: bool | None = None) -> Study:
     """Lesson 05's whole experiment on one dataset: head -> unfreeze -> one finder per setting -> runs per seed."""
-    from . import models
-    from .train import Learner
+    from ..train import Learner
     net = task.net()
     acc_head = train_head(task, net, head_epochs, head_lr, opt, progress)
     models.unfreeze(net)
     learn = Learner(net, task.loaders(), opt=opt, device=task.device, progress=progress)
-    start = copy_state(net)
+    start = models.copy_state(net)
     found = find_lrs(learn, start, ratios, lr_find_iters, bn_stats)
     return study_on(learn, start, task.name, kind, rule, acc_head, found, seeds, epochs, bn_stats, lr)
 
@@ -527,7 +449,7 @@ def _n(parts) -> int:
 
 def verdict_ratio_rule(similar: Study, dissimilar: Study):
     """Claim 18: on each dataset the rule's ratio minus the mean of the other settings, averaged over both."""
-    from . import claims
+    from .. import claims
     parts = [(0.5, rule_advantage(similar)), (0.5, rule_advantage(dissimilar))]
     effect, low, high = bootstrap_sum(parts)
     return claims.judge(18, effect, (low, high), _n(parts),
@@ -540,7 +462,7 @@ def verdict_ratio_rule(similar: Study, dissimilar: Study):
 
 def verdict_relearn(dissimilar: Study):
     """Claim 19: on the dissimilar set, layer group 0 trained minus frozen (every other group at the same LR)."""
-    from . import claims
+    from .. import claims
     d = relearn_advantage(dissimilar)
     effect, low, high = bootstrap_sum([(1.0, d)])
     return claims.judge(19, effect, (low, high), d.shape[1],
@@ -554,7 +476,7 @@ def comparisons(st: Study) -> pd.DataFrame:
     pairs = [(a, b) for i, a in enumerate(st.ratio_settings) for b in st.ratio_settings[i + 1:]]
     if FROZEN0 in st.runs:
         pairs.append(("uniform", FROZEN0))
-    from .claims import verdict_of
+    from ..claims import verdict_of
     rows = []
     for a, b in pairs:
         effect, low, high = bootstrap_sum([(1.0, st.correct(a) - st.correct(b))])
@@ -566,7 +488,7 @@ def comparisons(st: Study) -> pd.DataFrame:
 
 def similar_set_note(similar: Study) -> str:
     """What the similar set shows for claim 19 (group 0 trained minus frozen), generated from its interval."""
-    from .claims import verdict_of
+    from ..claims import verdict_of
     d = relearn_advantage(similar)
     effect, low, high = bootstrap_sum([(1.0, d)])
     reading = {"supported": "training the first layers helped here too",

@@ -1,25 +1,29 @@
-"""Lesson 01's five transfer-learning strategies, each one small function returning a result row.
+"""Lesson 01 (notebooks/01_transfer_strategies.ipynb): five transfer-learning strategies, each one small
+function returning a result row, and the verdicts on claims 1-6 and 11.
 
-A `Task` holds one dataset at one image size, decoded once into memory, so every strategy
+A `tlkit.tasks.Task` holds one dataset at one image size, decoded once into memory, so every strategy
 trains on the same pixels and the same seeded, stratified subsets. Each strategy returns
 `{"strategy", "acc", "trainable_params", "seconds", "train_images", ...}`; a list of rows is a
 results table.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
-from . import claims, data, features, models, schedules
-from .train import Learner
+from .. import claims, data, features, models, schedules
+from ..train import Learner
+from ..tasks import Task
+
+__all__ = ["advice_table", "fine_tune", "fraction_sweep", "frozen_head", "full_finetune", "last_blocks",
+           "over_seeds", "plot_results", "plot_sweep", "precomputed_head", "result_row", "results_table",
+           "scratch", "train_head_on_features", "verdict_cache_freezes_views", "verdict_head_vs_scratch",
+           "verdict_more_data", "verdict_own_hidden", "verdict_precompute_speed", "verdict_table",
+           "verdict_train_all", "view_spread", "winners", "ADVISED", "NAMES", "STRATEGIES", "TEXTBOOK"]
 
 NAMES = {"frozen_head": "a: frozen head", "precomputed_head": "b: precomputed head",
          "last_blocks": "c: last blocks", "last_blocks_hidden": "c': last blocks + hidden",
@@ -34,126 +38,6 @@ TEXTBOOK = {  # CS231n lecture 11 and Andrew Ng's CNN week 2, in one line each
 
 
 # ---------------------------------------------------------------- the task every strategy shares
-
-def in_memory(images: data.ImageList, short_side: int) -> data.ImageList:
-    """Decode every image once, shrunk so its shorter side is `short_side`, and keep the pixels in memory.
-
-    Why: the strategies pass over the same few hundred photos dozens of times; decoding a JPEG
-    each time would cost more than the small network at these image sizes.
-    """
-    arrays, source = [], images.with_transform(None, decode_size=short_side)
-    for i in range(len(source)):
-        img = source.image(i)
-        if min(img.size) > short_side:   # the long side as torchvision's Resize computes it (truncated)
-            long_side = int(short_side * max(img.size) / min(img.size))
-            size = (short_side, long_side) if img.width <= img.height else (long_side, short_side)
-            img = img.resize(size, Image.BILINEAR, reducing_gap=None)
-        arrays.append(np.asarray(img))
-    return data.ImageList(arrays, images.targets, images.classes)
-
-
-@dataclass
-class Task:
-    """One dataset at one image size with the settings every strategy shares."""
-
-    name: str
-    train: data.ImageList   # untransformed, in memory
-    val: data.ImageList
-    image_size: int
-    backbone: str = "efficientnet_lite0"
-    batch_size: int = 32
-    seed: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    cache_dir: Path | None = None
-    norm: tuple = data.DEFAULT_NORM
-    channels_last: bool = True  # faster convolutions on CPUs and GPUs; the numbers stay the same
-
-    @property
-    def classes(self) -> list[str]:
-        return self.train.classes
-
-    def transform(self, augment: bool = False):
-        """The training-time view (random crop + flip with `augment`) or the deterministic eval view."""
-        if augment:
-            return data.train_transform(self.image_size, self.norm, augment=True)
-        return data.eval_transform(self.image_size, self.norm)
-
-    def train_images(self, fraction: float = 1.0, augment: bool = False) -> data.ImageList:
-        """A seeded, stratified fraction of the training images with its transform."""
-        images = self.train if fraction == 1 else self.train.subset(float(fraction), self.seed)
-        return images.with_transform(self.transform(augment))
-
-    def val_images(self) -> data.ImageList:
-        return self.val.with_transform(self.transform(False))
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps in one epoch at every training fraction: what the whole training set takes."""
-        return max(1, len(self.train) // self.batch_size)
-
-    def batch_for(self, fraction: float) -> int:
-        """The batch shrinks with the training fraction (never below 2 images: BatchNorm needs two)."""
-        return self.batch_size if fraction == 1 else max(2, round(self.batch_size * fraction))
-
-    def train_loader(self, images, fraction: float = 1.0) -> torch.utils.data.DataLoader:
-        """Seeded batches of `batch_for(fraction)`, exactly `steps_per_epoch` of them at every fraction.
-
-        Why: with a fixed batch, 10 % of the data would also mean 10 % of the optimizer steps, and a
-        small training set would be confused with a short training run. A smaller batch keeps the cost
-        low; where rounding leaves too few images for the steps, the sampler starts a new shuffled pass.
-        """
-        batch = self.batch_for(fraction)
-        generator = torch.Generator().manual_seed(self.seed)
-        sampler = torch.utils.data.RandomSampler(images, num_samples=self.steps_per_epoch * batch, generator=generator)
-        return data.make_loader(images, batch, shuffle=False, sampler=sampler, drop_last=True)
-
-    def loaders(self, fraction: float = 1.0, augment: bool = False) -> features.FeatureLoaders:
-        """Image loaders; the training order is seeded, so two strategies see the same batches."""
-        return features.FeatureLoaders(self.train_loader(self.train_images(fraction, augment), fraction),
-                                       data.make_loader(self.val_images(), self.batch_size, shuffle=False),
-                                       self.classes)
-
-    def net(self, pretrained: bool = True, hidden: int | None = None) -> models.Net:
-        """A fresh network; seeding first gives every strategy the same new head."""
-        torch.manual_seed(self.seed)
-        net = models.create(self.backbone, len(self.classes), pretrained=pretrained, hidden=hidden)
-        return net.to(self.device)
-
-    def features(self, net: models.Net, progress: bool | None = None) -> tuple[features.FeatureSet, features.FeatureSet]:
-        """Training and validation features of `net`'s frozen body (from the disk cache when present)."""
-        pre = dict(cache_dir=self.cache_dir, batch_size=self.batch_size, progress=progress,
-                   channels_last=self.channels_last)
-        return (features.precompute(net, self.train_images(), **pre),
-                features.precompute(net, self.val_images(), **pre))
-
-    def activations(self, net: models.Net, group: int,
-                    progress: bool | None = None) -> tuple[features.FeatureSet, features.FeatureSet]:
-        """Training and validation outputs of `net`'s layer groups before `group` (from the disk cache when present)."""
-        prefix, _ = models.split_body(net, group)
-        front = models.Net(prefix, torch.nn.Identity(), [prefix, torch.nn.Identity()], 0, net.norm,
-                           f"{net.name}-to-group{group}", net.pretrained)
-        return self.features(front, progress)
-
-    def with_seed(self, seed: int) -> "Task":
-        """The same data with another seed: its own subsets, initial heads and batch order."""
-        return dataclasses.replace(self, seed=seed)
-
-
-def make_task(dataset: str = "hymenoptera", image_size: int = 96, backbone: str = "efficientnet_lite0",
-              batch_size: int = 32, seed: int = 0, device: torch.device | str = "cpu",
-              cache_dir: str | Path | None = None, val_fraction: float = 0.2, max_train: int | None = None,
-              max_val: int | None = None) -> Task:
-    """Load a dataset's splits and decode them once at the size `image_size` needs.
-
-    `max_train` / `max_val` keep at most that many images (seeded, stratified), chosen before decoding:
-    memory follows the limits, not the folder.
-    """
-    splits = data.get_splits(dataset, seed=seed, val_fraction=val_fraction, image_size=image_size,
-                             max_train=max_train, max_val=max_val)
-    short_side = int(round(image_size / data.CROP_FRACTION))  # what eval_transform resizes to before its centre crop
-    norm = models.LITE0_NORM if backbone == "efficientnet_lite0" else models.IMAGENET_NORM
-    return Task(str(dataset), in_memory(splits.train, short_side), in_memory(splits.val, short_side), image_size,
-                backbone, batch_size, seed, torch.device(device), Path(cache_dir) if cache_dir else None, norm)
 
 
 # ---------------------------------------------------------------- result rows
@@ -421,11 +305,16 @@ def _seeds_note(*rows) -> str:
     return f", each strategy run from {n} seeds (the interval resamples seeds and images)" if n > 1 else ""
 
 
+def _accuracy_gain(claim: int, better: dict, worse: dict, what: str, where: str = "") -> claims.Verdict:
+    """A paired verdict on validation accuracy of two result rows (images, and seeds where rows have them)."""
+    return claims.compare_accuracy(claim, _correct(better), _correct(worse),
+                                   f"{what}, validation accuracy{' ' + where if where else ''}")
+
+
 def verdict_head_vs_scratch(frozen: dict, scratch_row: dict) -> claims.Verdict:
     """Claim 1: a new head on the frozen pretrained body against the same network from scratch, same epochs."""
-    return claims.compare_accuracy(1, _correct(frozen), _correct(scratch_row),
-                                   "frozen pretrained body + new head minus the same network trained from scratch, "
-                                   "validation accuracy")
+    return _accuracy_gain(1, frozen, scratch_row,
+                          "frozen pretrained body + new head minus the same network trained from scratch")
 
 
 def verdict_precompute_speed(frozen: dict, precomputed: dict) -> claims.Verdict:
@@ -465,9 +354,8 @@ def verdict_own_hidden(kept: dict, hidden: dict, margin: float = 0.05) -> claims
 
 def verdict_train_all(full: dict, scratch_row: dict) -> claims.Verdict:
     """Claim 5: every layer trained from the pretrained weights against the same training from random weights."""
-    return claims.compare_accuracy(5, _correct(full), _correct(scratch_row),
-                                   "(d) all layers from pretrained weights minus (e) the same from scratch, "
-                                   "validation accuracy on the whole training set")
+    return _accuracy_gain(5, full, scratch_row, "(d) all layers from pretrained weights minus (e) the same from "
+                          "scratch", "on the whole training set")
 
 
 def verdict_table(similar: pd.DataFrame, dissimilar: pd.DataFrame) -> claims.Verdict:
@@ -508,7 +396,7 @@ def verdict_cache_freezes_views(spread: dict) -> claims.Verdict:
 def plot_results(table: pd.DataFrame, axes=None):
     """Three bar charts side by side: validation accuracy, trainable parameters, wall time."""
     import matplotlib.pyplot as plt
-    from .plots import bar_table
+    from ..plots import bar_table
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(15, 3.6))
     bar_table(table, "strategy", "acc", ax=axes[0], ylim=(0, 1.05), title="validation accuracy")
