@@ -147,3 +147,9 @@ def test_the_crop_fraction_has_one_definition():
     hits = [f"{p.relative_to(REPO)}:{i}" for p in [*PACKAGE.rglob("*.py"), *(REPO / "notebooks").glob("*.ipynb")]
             for i, line in enumerate(p.read_text().splitlines(), 1) if "0.875" in line]
     assert hits == ["tlkit/data.py:" + hits[0].split(":")[1]] and len(hits) == 1
+
+
+def test_the_module_map_is_current():
+    from tlkit.cli import modules_markdown
+    assert (REPO / "docs" / "MODULES.md").read_text() == modules_markdown(), \
+        "docs/MODULES.md is stale: python -m tlkit modules > docs/MODULES.md"

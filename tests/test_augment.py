@@ -9,6 +9,7 @@ from torchvision.transforms import v2
 
 from tlkit import augment as A
 from tlkit.lessons import l02_augment
+from tlkit.models import small_cnn
 
 NAMES = sorted(A.AUGMENTATIONS)
 
@@ -252,20 +253,20 @@ def test_fit_with_clean_train_acc_adds_the_clean_accuracy_per_epoch():
     assert hist["train_acc_clean"].iloc[-1] == pytest.approx(hist["val_acc"].iloc[-1])  # same images here
 
 
-def test_preload_keeps_labels_and_shrinks_to_the_short_side():
-    from tlkit.data import ImageList
+def test_in_memory_keeps_labels_and_shrinks_to_the_short_side():
+    from tlkit.data import ImageList, in_memory
     rng = np.random.default_rng(0)
     arrays = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(40, 60), (90, 30)]]
-    small = l02_augment.preload(ImageList(arrays, [1, 0], ["a", "b"]), short_side=20)
+    small = in_memory(ImageList(arrays, [1, 0], ["a", "b"]), short_side=20)
     assert small.targets == [1, 0] and small.classes == ["a", "b"]
     assert [small.image(i).size for i in range(2)] == [(30, 20), (20, 60)]
     # a resize of a constant image stays constant: the pixels are the source's, not noise
-    flat = l02_augment.preload(ImageList([np.full((50, 50, 3), 77, np.uint8)], [0], ["a"]), 10)
+    flat = in_memory(ImageList([np.full((50, 50, 3), 77, np.uint8)], [0], ["a"]), 10)
     assert np.all(np.asarray(flat.image(0)) == 77)
 
 
 def test_small_cnn_shapes():
-    net = l02_augment.small_cnn(5, width=4)
+    net = small_cnn(5, width=4)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 5)
     convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [4, 8, 16, 32]

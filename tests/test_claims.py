@@ -5,6 +5,7 @@ import pytest
 
 from tlkit import claims
 from tlkit.claims import CONTRADICTED, NOT_SHOWN, SUPPORTED
+from tlkit import metrics
 
 
 def paired_correct(n, acc_a, acc_b, rng, shared=0.6):
@@ -40,7 +41,7 @@ def test_the_paired_interval_covers_the_true_difference_at_about_95_percent():
     true_diff, hits, trials = 0.04, 0, 300
     for t in range(trials):
         a, b = paired_correct(300, 0.88, 0.88 - true_diff, rng)
-        _, low, high = claims.paired_bootstrap(a, b, n_boot=1000, seed=t)
+        _, low, high = metrics.paired_bootstrap(a, b, n_boot=1000, seed=t)
         hits += low <= true_diff <= high
     assert 0.90 <= hits / trials <= 0.99   # binomial sd at 300 trials is 1.3 points
 
@@ -48,7 +49,7 @@ def test_the_paired_interval_covers_the_true_difference_at_about_95_percent():
 def test_the_paired_interval_matches_a_normal_approximation():
     a, b = paired_correct(5000, 0.9, 0.87, np.random.default_rng(3))
     d = a.astype(float) - b.astype(float)
-    effect, low, high = claims.paired_bootstrap(a, b)
+    effect, low, high = metrics.paired_bootstrap(a, b)
     se = d.std(ddof=1) / np.sqrt(len(d))
     assert effect == pytest.approx(d.mean())
     assert low == pytest.approx(d.mean() - 1.96 * se, abs=0.15 * se * 1.96)
@@ -58,7 +59,7 @@ def test_the_paired_interval_matches_a_normal_approximation():
 def test_seed_repeats_use_a_student_t_interval():
     from scipy import stats
     diffs = [0.05, 0.02, 0.04, 0.03]
-    effect, low, high = claims.mean_interval(diffs)
+    effect, low, high = metrics.mean_interval(diffs)
     half = stats.t.ppf(0.975, 3) * np.std(diffs, ddof=1) / 2
     assert (effect, low, high) == pytest.approx((0.035, 0.035 - half, 0.035 + half))
     assert claims.compare_seeds(14, diffs, "SGDR minus step").verdict == SUPPORTED
@@ -98,9 +99,9 @@ def test_unknown_claims_and_bad_inputs_are_refused():
     with pytest.raises(KeyError, match="no claim 30"):
         claims.judge(30, 0.1, (0, 1), 1, "x")
     with pytest.raises(ValueError, match="equal-shape"):
-        claims.paired_bootstrap([1, 0, 1], [1, 0])
+        metrics.paired_bootstrap([1, 0, 1], [1, 0])
     with pytest.raises(ValueError, match="at least two images"):
-        claims.bootstrap_sum([(1.0, np.zeros((2, 3, 4)))])
+        metrics.bootstrap_sum([(1.0, np.zeros((2, 3, 4)))])
     with pytest.raises(ValueError, match="low > high"):
         claims.verdict_of(0.2, 0.1)
 
@@ -109,18 +110,18 @@ def test_bootstrap_sum_resamples_independent_sets_independently():
     rng = np.random.default_rng(0)
     train_gap = rng.random(400) < 0.3          # e.g. correct_noaug - correct_aug on training images
     val_gap = rng.random(150) < 0.05
-    effect, low, high = claims.bootstrap_sum([(1.0, train_gap), (-1.0, val_gap)])
+    effect, low, high = metrics.bootstrap_sum([(1.0, train_gap), (-1.0, val_gap)])
     assert effect == pytest.approx(train_gap.mean() - val_gap.mean())
     se = np.sqrt(train_gap.var(ddof=1) / 400 + val_gap.var(ddof=1) / 150)
     assert high - low == pytest.approx(2 * 1.96 * se, rel=0.15)
 
 
 def test_proportion_interval_is_clopper_pearson():
-    share, low, high = claims.proportion_interval(240, 240)
+    share, low, high = metrics.proportion_interval(240, 240)
     assert share == 1 and high == 1 and low == pytest.approx(0.025 ** (1 / 240))
     assert claims.share_above(17, 240, 240, 0.95, "same predictions").verdict == SUPPORTED
     assert claims.share_above(17, 228, 240, 0.99, "same predictions").verdict == CONTRADICTED
-    _, low0, _ = claims.proportion_interval(0, 10)
+    _, low0, _ = metrics.proportion_interval(0, 10)
     assert low0 == 0
 
 
@@ -149,16 +150,16 @@ def runs_and_images(run_offsets, n_images=150, effect=0.05, seed=0):
 
 def test_identical_runs_give_the_image_only_interval():
     row = runs_and_images([0.0])[0]
-    _, low1, high1 = claims.bootstrap_sum([(1.0, row)])
-    _, low2, high2 = claims.bootstrap_sum([(1.0, np.stack([row, row, row]))])
+    _, low1, high1 = metrics.bootstrap_sum([(1.0, row)])
+    _, low2, high2 = metrics.bootstrap_sum([(1.0, np.stack([row, row, row]))])
     assert (high2 - low2) == pytest.approx(high1 - low1, rel=0.1)
 
 
 def test_runs_that_disagree_widen_the_interval_past_what_images_alone_say():
     """Two runs of +0.35 and -0.25 around a 0.05 effect: over images alone the mean looks settled; over runs it is not."""
     d = runs_and_images([0.35, -0.25, 0.35, -0.25], n_images=400)
-    _, low_images, _ = claims.bootstrap_sum([(1.0, d.mean(axis=0))])
-    effect, low, high = claims.bootstrap_sum([(1.0, d)])
+    _, low_images, _ = metrics.bootstrap_sum([(1.0, d.mean(axis=0))])
+    effect, low, high = metrics.bootstrap_sum([(1.0, d)])
     assert low_images > 0 > low and effect == pytest.approx(d.mean())
     assert claims.compare_accuracy(3, d + 1, np.ones_like(d), "x").n == 400      # n counts images, not runs
 
@@ -168,7 +169,7 @@ def test_runs_and_images_interval_covers_the_true_effect_at_about_its_rate():
     for trial in range(200):
         rng = np.random.default_rng(1000 + trial)
         d = runs_and_images(rng.normal(0, 0.08, 6), n_images=100, seed=trial)
-        _, low, high = claims.bootstrap_sum([(1.0, d)], n_boot=1000, seed=trial)
+        _, low, high = metrics.bootstrap_sum([(1.0, d)], n_boot=1000, seed=trial)
         hits += low <= 0.05 <= high
     assert 0.85 <= hits / 200 <= 0.995
 

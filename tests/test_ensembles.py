@@ -4,7 +4,6 @@ import copy
 import pytest
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, TensorDataset
 
 from tlkit import ensembles, tta
@@ -38,28 +37,25 @@ def test_weight_average_of_identical_models_is_the_identity():
         assert torch.equal(soup(x), net(x))
 
 
-def test_weight_average_matches_torch_swa_averaged_model():
+def test_weight_average_is_the_mean_of_every_float_tensor():
     nets = [small_cnn(s) for s in range(3)]
-    swa = AveragedModel(nets[0], use_buffers=True)
-    for net in nets:  # AveragedModel starts from a copy with n_averaged = 0: the first update copies
-        swa.update_parameters(net)
-    ours = ensembles.average_state_dicts([n.state_dict() for n in nets])
-    for key, value in swa.module.state_dict().items():
+    soup = ensembles.average_weights(nets).state_dict()
+    for key, value in soup.items():
+        stacked = torch.stack([n.state_dict()[key] for n in nets])
         if value.is_floating_point():
-            torch.testing.assert_close(ours[key], value, msg=key)
-    assert ours["1.num_batches_tracked"] == nets[0].state_dict()["1.num_batches_tracked"]
+            torch.testing.assert_close(value, stacked.mean(0), msg=key)
+        else:
+            assert torch.equal(value, stacked[0]), key   # counters (num_batches_tracked) are the first's
 
 
-def test_weighted_average_and_interpolation_by_hand():
+def test_interpolation_by_hand_and_a_mismatch_is_refused():
     a, b = nn.Linear(2, 2), nn.Linear(2, 2)
-    avg = ensembles.average_state_dicts([a.state_dict(), b.state_dict()], weights=[1, 3])
-    torch.testing.assert_close(avg["weight"], (a.weight + 3 * b.weight).detach() / 4)
     mid = ensembles.interpolate_weights(a, b, 0.25)
     torch.testing.assert_close(mid.weight, (0.75 * a.weight + 0.25 * b.weight).detach())
     assert torch.equal(ensembles.interpolate_weights(a, b, 0).weight, a.weight)
     assert torch.equal(ensembles.interpolate_weights(a, b, 1).weight, b.weight)
     with pytest.raises(ValueError):
-        ensembles.average_state_dicts([a.state_dict(), {"other": torch.zeros(1)}])
+        ensembles.average_weights([a, nn.Linear(2, 3, bias=False)])
 
 
 def test_averaging_linear_models_averages_their_logits():

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tlkit import claims, data, features
+from tlkit import data, features, metrics
 from tlkit.train import Learner
 from tlkit.lessons import l08_recipe as recipe
 
@@ -123,7 +123,7 @@ def test_confusion_verdict_counts_errors_in_the_pair_the_other_split_names():
     # validation names a -> b: 3 of the 5 test errors; test names a -> b: 4 of the 5 validation errors
     assert out["pairs"] == {"named by validation": "a -> b", "named by test": "a -> b"}
     assert (out["hits"], out["errors"]) == (7, 10)
-    share, lo, hi = claims.proportion_interval(7, 10)
+    share, lo, hi = metrics.proportion_interval(7, 10)
     v = out["verdict"]
     assert v.id == 23 and v.n == 10
     assert (v.effect, *v.ci) == pytest.approx((share - 1 / 6, lo - 1 / 6, hi - 1 / 6))

@@ -2,7 +2,7 @@
 import pytest
 
 from support import recorded_claims
-from tlkit.claims import proportion_interval
+from tlkit.metrics import proportion_interval
 
 PRETRAINED = ("acc_frozen_head", "acc_precomputed_head", "acc_last_blocks", "acc_full_finetune")
 SWEEP_STRATEGIES = {"b: precomputed head", "c: last blocks", "d: full fine-tune"}

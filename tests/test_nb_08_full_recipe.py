@@ -7,7 +7,7 @@ import pytest
 
 from support import recorded_claims
 
-from tlkit.claims import proportion_interval
+from tlkit.metrics import proportion_interval
 from tlkit.data import PACK_ROOT
 from tlkit.cli import execute_in_subprocess, list_lessons, select
 from tlkit.lessons.l08_recipe import STEP_NAMES

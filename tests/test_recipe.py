@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from sklearn.metrics import confusion_matrix, recall_score
 
-from tlkit import claims, data, features, models
+from tlkit import data, features, metrics, models
 from tlkit.lessons import l08_recipe as recipe
 
 SIZE = 32
@@ -233,7 +233,7 @@ def test_waterfall_changes_add_up_to_the_total_gain():
     assert len(ax.patches) == 3
     with_ci = recipe.waterfall_table(steps, baseline=0.5, n=100)
     for row in with_ci.itertuples():
-        _, lo, hi = claims.proportion_interval(round(row.acc * 100), 100)
+        _, lo, hi = metrics.proportion_interval(round(row.acc * 100), 100)
         assert (row.acc_lo, row.acc_hi) == pytest.approx((lo, hi))
     recipe.plot_waterfall(with_ci, baseline=0.5)
     import matplotlib.pyplot as plt

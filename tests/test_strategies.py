@@ -22,7 +22,7 @@ def tiny_task(tmp_path, n_train: int = 16, n_val: int = 8, seed: int = 0) -> tas
 
 def test_in_memory_copy_is_small_and_looks_like_the_original():
     photos = data.get_splits("hymenoptera").val.take([0, 1, 100])
-    small = tasks.in_memory(photos, 64)
+    small = data.in_memory(photos, 64)
     assert small.targets == photos.targets and small.classes == photos.classes
     for i in range(len(photos)):
         original = photos.image(i)

@@ -13,17 +13,16 @@ from typing import Sequence
 
 import numpy as np
 
+from .metrics import mean_interval, paired_bootstrap, proportion_interval, ratio_interval
 from .record import RECORDED, record
 
-__all__ = ["CLAIMS", "Claim", "VERDICTS", "Verdict", "bootstrap_sum", "compare_accuracy", "compare_seeds",
-           "compare_speed", "judge", "mean_interval", "paired_bootstrap", "ledger", "MIN_RUNS",
-           "proportion_interval", "ratio_interval", "report", "share_above", "show_summary",
-           "summary_table", "verdict_cells", "verdict_of", "weakest_part", "CS231N", "FASTAI", "LEVEL",
-           "NG", "CONTRADICTED", "NOT_SHOWN", "SUPPORTED"]
+__all__ = ["CLAIMS", "Claim", "VERDICTS", "Verdict", "compare_accuracy", "compare_seeds", "compare_speed",
+           "judge", "ledger", "MIN_RUNS", "report", "share_above", "show_summary", "summary_table",
+           "verdict_cells", "verdict_of", "weakest_part", "CS231N", "FASTAI", "NG", "CONTRADICTED",
+           "NOT_SHOWN", "SUPPORTED"]
 
 SUPPORTED, NOT_SHOWN, CONTRADICTED = "supported", "not shown at this size", "contradicted"
 VERDICTS = (SUPPORTED, NOT_SHOWN, CONTRADICTED)
-LEVEL = 0.95
 MIN_RUNS = 5        # fewer training runs per setting than this: a settled verdict is called provisional
 
 NG = "Andrew Ng, CNN course, week 2"
@@ -174,86 +173,6 @@ def judge(claim_id: int, effect: float, ci: Sequence[float], n: int, what: str, 
                    int(runs))
 
 
-def bootstrap_sum(parts: Sequence[tuple[float, Sequence]], n_boot: int = 4000, seed: int = 0,
-                  level: float = LEVEL) -> tuple[float, float, float]:
-    """sum_k w_k * mean(x_k) with a percentile bootstrap interval, each x_k resampled on its own.
-
-    Each x_k holds one number per image (e.g. correct_a - correct_b on the same images, which keeps
-    the pairing); independent sets of images (training and validation) are resampled independently.
-    A part may also be `[runs, images]`, one row per training seed. Then every draw resamples the
-    runs as well as the images, with one draw of the runs shared by all parts that have as many rows
-    (they are the same runs). Why: an interval over images alone says nothing about what another
-    training run would give, and a verdict that a second seed overturns was never settled.
-    """
-    rng = np.random.default_rng(seed)
-    effect, draws, run_draws = 0.0, np.zeros(n_boot), {}
-    for weight, values in parts:
-        x = np.asarray(values, dtype=float)
-        if x.ndim not in (1, 2) or x.shape[-1] < 2 or x.size == 0:
-            raise ValueError(f"need per-image values [images] or [runs, images] with at least two images, "
-                             f"got shape {x.shape}")
-        effect += weight * x.mean()
-        if x.ndim == 1:
-            draws += weight * x[rng.integers(0, len(x), (n_boot, len(x)))].mean(axis=1)
-            continue
-        runs, n = x.shape
-        if runs not in run_draws:
-            run_draws[runs] = rng.multinomial(runs, np.full(runs, 1 / runs), size=n_boot) / runs
-        image_w = rng.multinomial(n, np.full(n, 1 / n), size=n_boot) / n
-        draws += weight * np.einsum("br,rn,bn->b", run_draws[runs], x, image_w)
-    tail = (1 - level) / 2
-    return float(effect), float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))
-
-
-def paired_bootstrap(correct_a: Sequence, correct_b: Sequence, n_boot: int = 4000, seed: int = 0,
-                     level: float = LEVEL) -> tuple[float, float, float]:
-    """Accuracy of A minus accuracy of B on the same images, with a percentile bootstrap interval over images.
-
-    Why paired: both models saw the same images, so resampling images keeps the images' shared
-    difficulty and gives a much narrower (and honest) interval than two separate ones. With
-    `[runs, images]` (row i of A and of B from the same seed) the runs are resampled too.
-    """
-    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
-    if a.shape != b.shape or a.ndim not in (1, 2):
-        raise ValueError(f"need two equal-shape arrays of per-image correctness ([images] or [runs, images]), "
-                         f"got {a.shape} and {b.shape}")
-    return bootstrap_sum([(1.0, a - b)], n_boot, seed, level)
-
-
-def proportion_interval(successes: int, n: int, level: float = LEVEL) -> tuple[float, float, float]:
-    """A share with its Clopper-Pearson (exact binomial) interval."""
-    from scipy import stats
-    if not 0 <= successes <= n or n < 1:
-        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
-    tail = (1 - level) / 2
-    low = stats.beta.ppf(tail, successes, n - successes + 1) if successes else 0.0
-    high = stats.beta.ppf(1 - tail, successes + 1, n - successes) if successes < n else 1.0
-    return successes / n, float(low), float(high)
-
-
-def mean_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
-    """Mean of repeated measurements (e.g. one per seed) with a Student-t interval."""
-    from scipy import stats
-    v = np.asarray(values, dtype=float)
-    if v.ndim != 1 or len(v) < 2:
-        raise ValueError(f"need at least two repeats, got {len(v)}")
-    half = stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
-
-
-def ratio_interval(slow: Sequence[float], fast: Sequence[float], n_boot: int = 4000, seed: int = 0,
-                   level: float = LEVEL) -> tuple[float, float, float]:
-    """mean(slow) / mean(fast) with a bootstrap interval over the repeated timings of each."""
-    s, f = np.asarray(slow, dtype=float), np.asarray(fast, dtype=float)
-    if len(s) < 2 or len(f) < 2:
-        raise ValueError("need at least two timings of each")
-    rng = np.random.default_rng(seed)
-    ratios = (s[rng.integers(0, len(s), (n_boot, len(s)))].mean(1)
-              / f[rng.integers(0, len(f), (n_boot, len(f)))].mean(1))
-    tail = (1 - level) / 2
-    return float(s.mean() / f.mean()), float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))
-
-
 def compare_accuracy(claim_id: int, correct_as_notes_say: Sequence, correct_other: Sequence, what: str,
                      seed: int = 0) -> Verdict:
     """Verdict on 'A is more accurate than B' from per-image correctness on the same images (paired bootstrap).
@@ -301,7 +220,6 @@ def weakest_part(claim_id: int, parts: dict, claim_word: str = "parts") -> Verdi
     what = (f"{v.what} (the weakest of the claim's {len(parts)} {claim_word} decides; "
             f"the other{'s' if len(parts) > 2 else ''}: {others})")
     return judge(claim_id, v.effect, v.ci, v.n, what, v.unit, v.scale, v.offset, v.runs)
-
 
 
 def _show(markdown: str) -> None:

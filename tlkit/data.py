@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.folder import make_dataset
 from torchvision.transforms import v2 as T
 
 from . import fetch
@@ -34,7 +35,7 @@ __all__ = ["DataCopy", "DataLoaders", "DatasetInfo", "ImageList", "ScanResult", 
            "eval_resize", "eval_transform", "get_splits", "largest_image_size", "load_rgb", "locate",
            "make_loader", "offline", "pack_index", "resolve", "scan_folder", "search_places",
            "size_at_hand", "stratified_indices", "stratified_split", "train_transform", "CROP_FRACTION",
-           "DEFAULT_NORM", "IMAGE_FORMATS", "IMAGE_SUFFIXES", "PACK_ROOT", "REGISTRY"]
+           "DEFAULT_NORM", "IMAGE_FORMATS", "IMAGE_SUFFIXES", "PACK_ROOT", "REGISTRY", "in_memory"]
 
 IMAGE_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "PPM", "MPO"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
@@ -282,17 +283,18 @@ def scan_folder(root: str, classes: tuple[str, ...] | None = None) -> ScanResult
         raise DatasetLayoutError(
             f"{base} has no class sub-folders. Expected {base}/<class>/<image>.jpg "
             f"(or {base}/train/<class>/... and {base}/val/<class>/...).")
-    samples, skipped = [], []
-    for label, cls in enumerate(classes):
-        folder = base / cls
-        if not folder.is_dir():
-            continue
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            problem = check_image(path)
-            if problem:
-                skipped.append((str(path), problem))
-            else:
-                samples.append((str(path), label))
+    skipped = []
+
+    def usable(path: str) -> bool:   # torchvision's walk asks this of every file; the skip report is ours
+        if Path(path).name.startswith("."):
+            return False
+        problem = check_image(Path(path))
+        if problem:
+            skipped.append((path, problem))
+        return problem is None
+
+    present = {cls: label for label, cls in enumerate(classes) if (base / cls).is_dir()}
+    samples = make_dataset(str(base), present, is_valid_file=usable, allow_empty=True)
     if skipped:
         names = ", ".join(f"{Path(p).name} ({why})" for p, why in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
@@ -604,12 +606,13 @@ def denormalize(x: torch.Tensor, norm=DEFAULT_NORM) -> torch.Tensor:
 
 @dataclass
 class DataLoaders:
-    """A training and a validation loader plus what they were built from."""
+    """A training and a validation loader, the class names, and the `Splits` they were built from (None when
+    they load features or tensors): the `dls` of a `tlkit.Learner`."""
 
     train: DataLoader
     val: DataLoader
     classes: list[str]
-    splits: Splits
+    splits: Splits | None = None
 
     @property
     def num_classes(self) -> int:
@@ -652,3 +655,20 @@ def dataloaders(dataset: str | os.PathLike | Splits = "hymenoptera", image_size:
     return DataLoaders(make_loader(train, batch_size, True, num_workers),
                        make_loader(val, batch_size * 2, False, num_workers),
                        splits.classes, splits)
+
+
+def in_memory(images: ImageList, short_side: int) -> ImageList:
+    """Decode every image once, shrunk so its shorter side is `short_side`, and keep the pixels in memory.
+
+    Why: lessons that train on a few hundred photos pass over them dozens of times; decoding a JPEG
+    each time would cost more than the small network at these image sizes.
+    """
+    arrays, source = [], images.with_transform(None, decode_size=short_side)
+    for i in range(len(source)):
+        img = source.image(i)
+        if min(img.size) > short_side:   # the long side as torchvision's Resize computes it (truncated)
+            long_side = int(short_side * max(img.size) / min(img.size))
+            size = (short_side, long_side) if img.width <= img.height else (long_side, short_side)
+            img = img.resize(size, Image.BILINEAR, reducing_gap=None)
+        arrays.append(np.asarray(img))
+    return ImageList(arrays, images.targets, images.classes)

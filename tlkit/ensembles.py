@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from .models import eval_mode
 from .tta import merge, model_device
 from . import metrics
 
-__all__ = ["Ensemble", "member_logits", "ensemble_predict", "accuracy_of", "average_state_dicts",
-           "average_weights", "interpolate_weights", "load_snapshots"]
+__all__ = ["Ensemble", "member_logits", "ensemble_predict", "accuracy_of", "average_weights",
+           "interpolate_weights", "load_snapshots"]
 
 
 class Ensemble(nn.Module):
@@ -91,53 +92,34 @@ def accuracy_of(model: nn.Module, loader, device: torch.device | str | None = No
 
 # ---------------------------------------------------------------- weight averaging
 
-def average_state_dicts(states: Sequence[Mapping[str, torch.Tensor]],
-                        weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
-    """Weighted average of state dicts with the same keys (floating tensors; others are taken from the first).
+def _same_architecture(models: Sequence[nn.Module]) -> None:
+    keys = [list(m.state_dict()) for m in models]
+    if not keys or any(k != keys[0] for k in keys[1:]):
+        raise ValueError("need networks of one architecture (the same state-dict keys) to average their weights")
 
-    A running mean (`avg += w_k / W_k * (x_k - avg)`, as SWA does) keeps the average of identical
-    networks bit-for-bit identical to each of them. BatchNorm running statistics are averaged too.
+
+def average_weights(models: Sequence[nn.Module]) -> nn.Module:
+    """A new network whose parameters and BatchNorm statistics are the mean of the models'.
+
+    torch's `AveragedModel(use_buffers=True)` fed each network once: SWA's running mean, which keeps the
+    average of identical networks bit-for-bit identical to each of them (integer buffers are the first's).
     """
-    states = list(states)
-    if not states:
-        raise ValueError("nothing to average")
-    weights = [1.0] * len(states) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(states) or min(weights) < 0 or sum(weights) <= 0:
-        raise ValueError("need one non-negative weight per state dict, not all zero")
-    keys = list(states[0])
-    for s in states[1:]:
-        if list(s) != keys:
-            raise ValueError("state dicts differ in their keys: only networks of one architecture can be averaged")
-    out = {}
-    for key in keys:
-        first = states[0][key]
-        if not first.is_floating_point():
-            out[key] = first.detach().clone()
-            continue
-        avg = first.detach().to(torch.float64 if first.dtype == torch.float64 else torch.float32).clone()
-        total = weights[0]
-        for s, w in zip(states[1:], weights[1:]):
-            if w == 0:
-                continue
-            total += w
-            avg += (s[key].detach().to(avg.device, avg.dtype) - avg) * (w / total)
-        out[key] = avg.to(first.dtype)
-    return out
-
-
-def average_weights(models: Sequence[nn.Module], weights: Sequence[float] | None = None) -> nn.Module:
-    """A new network (a copy of the first) whose weights are the average of the models' weights."""
     models = list(models)
-    soup = copy.deepcopy(models[0])
-    soup.load_state_dict(average_state_dicts([m.state_dict() for m in models], weights))
-    return soup
+    _same_architecture(models)
+    swa = AveragedModel(models[0], use_buffers=True)
+    for model in models:
+        swa.update_parameters(model)
+    return swa.module
 
 
 def interpolate_weights(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Module:
-    """The network with weights `(1 - alpha) * a + alpha * b` (alpha = 0 gives a, 1 gives b)."""
-    if alpha == 0 or alpha == 1:
-        return copy.deepcopy(model_b if alpha else model_a)
-    return average_weights([model_a, model_b], [1 - alpha, alpha])
+    """A new network at `(1 - alpha) * a + alpha * b` in weight space (alpha 0 is a, 1 is b, exactly)."""
+    _same_architecture([model_a, model_b])
+    b = model_b.state_dict()
+    mixed = copy.deepcopy(model_a)
+    mixed.load_state_dict({k: torch.lerp(v, b[k].to(v.device, v.dtype), float(alpha)) if v.is_floating_point() else v
+                           for k, v in model_a.state_dict().items()})
+    return mixed
 
 
 def load_snapshots(template: nn.Module, paths: Sequence) -> list[nn.Module]:

@@ -8,12 +8,12 @@ reusing stale ones.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -25,10 +25,9 @@ from . import data, models
 from .progress import progress as progress_bar
 from .storage import atomic_save
 
-__all__ = ["FeatureLoaders", "FeatureSet", "attach_head", "cache_meta", "compute_features",
-           "default_cache_dir", "feature_key", "feature_loaders", "head_learner", "input_shape",
-           "key_parts", "load_features", "precompute", "save_features", "transform_is_random",
-           "FORMAT_VERSION"]
+__all__ = ["FeatureSet", "attach_head", "cache_meta", "compute_features", "default_cache_dir",
+           "feature_key", "feature_loaders", "head_learner", "input_shape", "key_parts", "load_features",
+           "precompute", "save_features", "transform_is_random", "FORMAT_VERSION", "precompute_splits"]
 
 FORMAT_VERSION = 1
 
@@ -215,40 +214,45 @@ def cache_meta(fs: FeatureSet) -> dict:
 
 # ---------------------------------------------------------------- training heads on features
 
-@dataclass
-class FeatureLoaders:
-    """Training/validation loaders over FeatureSets; a drop-in `dls` for `tlkit.Learner`."""
-
-    train: torch.utils.data.DataLoader
-    val: torch.utils.data.DataLoader
-    classes: list[str]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
 def feature_loaders(train_fs: FeatureSet, val_fs: FeatureSet, batch_size: int = 32,
-                    seed: int | None = None, drop_last: bool = False) -> FeatureLoaders:
+                    seed: int | None = None, drop_last: bool = False) -> data.DataLoaders:
     """Shuffled training and ordered validation loaders over features (seeded shuffling with `seed`)."""
     if train_fs.feature_dim != val_fs.feature_dim:
         raise ValueError(f"train features have {train_fs.feature_dim} dims, validation {val_fs.feature_dim}: "
                          "they come from different backbones")
-    return FeatureLoaders(data.make_loader(train_fs, batch_size, shuffle=True, seed=seed, drop_last=drop_last),
+    return data.DataLoaders(data.make_loader(train_fs, batch_size, shuffle=True, seed=seed, drop_last=drop_last),
                           data.make_loader(val_fs, batch_size * 2, shuffle=False),
                           train_fs.classes or val_fs.classes)
 
 
 def head_learner(net: nn.Module, train_fs: FeatureSet, val_fs: FeatureSet, batch_size: int = 32,
-                 seed: int | None = None, drop_last: bool = False, **learner_kwargs):
-    """A `tlkit.Learner` that trains `net.head` alone on features.
+                 seed: int | None = None, drop_last: bool = False, train_loader=None, **learner_kwargs):
+    """A `tlkit.Learner` that trains a head alone on features: `net.head` of a `Net`, or `net` itself.
 
     The head is the Net's own module, so training it updates the Net in place: afterwards
-    `net(images)` uses the trained head with no copying.
+    `net(images)` uses the trained head with no copying. `train_loader` replaces the seeded, shuffled
+    training batches (e.g. a `Task`'s, batched exactly like its images).
     """
     from .train import Learner
-    learner_kwargs.setdefault("device", next(net.head.parameters()).device)
-    return Learner(net.head, feature_loaders(train_fs, val_fs, batch_size, seed, drop_last), **learner_kwargs)
+    head = getattr(net, "head", net)
+    learner_kwargs.setdefault("device", next(head.parameters()).device)
+    loaders = feature_loaders(train_fs, val_fs, batch_size, seed, drop_last)
+    if train_loader is not None:
+        loaders = dataclasses.replace(loaders, train=train_loader)
+    return Learner(head, loaders, **learner_kwargs)
+
+
+def precompute_splits(net: nn.Module, splits: data.Splits, image_size: int, fraction: float = 1.0, seed: int = 0,
+                      **precompute_kwargs) -> tuple[FeatureSet, FeatureSet]:
+    """Training and validation features of `net`'s frozen body, both under the deterministic eval view.
+
+    The step every head-on-features lesson starts with; `fraction` keeps a seeded, stratified share of the
+    training images, as `data.dataloaders` does.
+    """
+    train = splits.train if fraction == 1 else splits.train.subset(float(fraction), seed)
+    view, decode = data.eval_transform(image_size, net.norm), data.decode_size(image_size)
+    return (precompute(net, train.with_transform(view, decode), **precompute_kwargs),
+            precompute(net, splits.val.with_transform(view, decode), **precompute_kwargs))
 
 
 def attach_head(net: nn.Module, head: nn.Module) -> nn.Module:

@@ -20,7 +20,7 @@ from .data import DEFAULT_NORM
 __all__ = ["Net", "WeightsUnavailableError", "check_backbone", "count_params", "create", "eval_mode",
            "freeze", "freeze_batchnorm", "freeze_to", "group_table", "imagenet_classes", "imagenet_top_k",
            "lite0_weights_path", "load_lite0_imagenet", "new_head", "split_body", "unfreeze", "BACKBONES",
-           "IMAGENET_NORM", "LITE0_NORM", "NORMS"]
+           "IMAGENET_NORM", "LITE0_NORM", "NORMS", "copy_state", "small_cnn"]
 
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 LITE0_NORM = DEFAULT_NORM   # TF-ported EfficientNet-Lite0 was trained on inputs scaled to [-1, 1]
@@ -148,6 +148,19 @@ def _resnet(name: str, pretrained: bool):
 def copy_state(module: nn.Module, to_cpu: bool = False) -> dict[str, torch.Tensor]:
     """A detached copy of every parameter and buffer (the state dict), to load back exactly later."""
     return {k: (v.detach().cpu() if to_cpu else v.detach()).clone() for k, v in module.state_dict().items()}
+
+
+def small_cnn(num_classes: int, width: int = 16, blocks: int = 4, in_channels: int = 3) -> nn.Sequential:
+    """`blocks` conv-BN-ReLU-maxpool blocks (width, 2w, 4w, ... channels), global pooling, a linear layer.
+
+    The network lessons train from scratch in seconds on a CPU: where augmentation matters (lesson 02,
+    four blocks) and where weight averaging fails (lesson 06, three blocks on 32-pixel digits).
+    """
+    chans = [in_channels] + [width * 2 ** i for i in range(blocks)]
+    layers = [m for c_in, c_out in zip(chans, chans[1:])
+              for m in (nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                        nn.ReLU(inplace=True), nn.MaxPool2d(2))]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(chans[-1], num_classes))
 
 
 def check_backbone(backbone: str) -> str:

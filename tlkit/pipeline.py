@@ -1,4 +1,4 @@
-"""Data-pipeline measurements: throughput meters, a contiguous (memmap) image store, a bottleneck report."""
+"""The data pipeline: a contiguous (memmap) image store, resized copies of a folder, throughput and copy meters."""
 from __future__ import annotations
 
 import copy

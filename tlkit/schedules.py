@@ -82,7 +82,7 @@ class StepDecay(_NoRestarts):
 class Cosine(_NoRestarts):
     """One cosine from the base LR down to `min_frac * base` over `total_epochs` (like `CosineAnnealingLR`)."""
     total_epochs: float
-    min_frac: float = 0.0
+    min_frac: float = 0.0     # the last LR, as a fraction of the base LR
 
     def __post_init__(self):
         check_positive("total_epochs", self.total_epochs, 10)
@@ -100,9 +100,9 @@ class SGDR:
     and then jumps back up. Past `total_epochs` the pattern goes on, as torch's scheduler does.
     """
     n_cycles: int
-    cycle_len: float
-    cycle_mult: float = 1
-    min_frac: float = 0.0
+    cycle_len: float          # epochs in the first cycle
+    cycle_mult: float = 1     # each cycle this many times as long as the one before
+    min_frac: float = 0.0     # where each cycle ends, as a fraction of the base LR
 
     def __post_init__(self):
         check_positive_int("n_cycles", self.n_cycles, 3)
@@ -149,9 +149,9 @@ class SGDR:
 class OneCycle(_NoRestarts):
     """One-cycle (Smith): cosine up from `1/div` to 1 over `pct_start` of the run, then down to `1/(div*final_div)`."""
     total_epochs: float
-    pct_start: float = 0.25
-    div: float = 25.0
-    final_div: float = 1e4
+    pct_start: float = 0.25   # share of the run spent climbing to the peak
+    div: float = 25.0         # the first LR is the peak / div
+    final_div: float = 1e4    # the last LR is the first / final_div
 
     def __post_init__(self):
         check_positive("total_epochs", self.total_epochs, 10)

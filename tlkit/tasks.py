@@ -8,30 +8,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from . import data, features, models
 
-__all__ = ["Task", "make_task", "in_memory"]
-
-
-def in_memory(images: data.ImageList, short_side: int) -> data.ImageList:
-    """Decode every image once, shrunk so its shorter side is `short_side`, and keep the pixels in memory.
-
-    Why: the strategies pass over the same few hundred photos dozens of times; decoding a JPEG
-    each time would cost more than the small network at these image sizes.
-    """
-    arrays, source = [], images.with_transform(None, decode_size=short_side)
-    for i in range(len(source)):
-        img = source.image(i)
-        if min(img.size) > short_side:   # the long side as torchvision's Resize computes it (truncated)
-            long_side = int(short_side * max(img.size) / min(img.size))
-            size = (short_side, long_side) if img.width <= img.height else (long_side, short_side)
-            img = img.resize(size, Image.BILINEAR, reducing_gap=None)
-        arrays.append(np.asarray(img))
-    return data.ImageList(arrays, images.targets, images.classes)
+__all__ = ["Task", "make_task"]
 
 
 @dataclass
@@ -89,9 +70,9 @@ class Task:
         sampler = torch.utils.data.RandomSampler(images, num_samples=self.steps_per_epoch * batch, generator=generator)
         return data.make_loader(images, batch, shuffle=False, sampler=sampler, drop_last=True)
 
-    def loaders(self, fraction: float = 1.0, augment: bool = False) -> features.FeatureLoaders:
+    def loaders(self, fraction: float = 1.0, augment: bool = False) -> data.DataLoaders:
         """Image loaders; the training order is seeded, so two strategies see the same batches."""
-        return features.FeatureLoaders(self.train_loader(self.train_images(fraction, augment), fraction),
+        return data.DataLoaders(self.train_loader(self.train_images(fraction, augment), fraction),
                                        data.make_loader(self.val_images(), self.batch_size, shuffle=False),
                                        self.classes)
 
@@ -135,8 +116,9 @@ def make_task(dataset: str = "hymenoptera", image_size: int = 96, backbone: str 
                              max_train=max_train, max_val=max_val)
     short_side = data.eval_resize(image_size)  # what eval_transform resizes to before its centre crop
     norm = models.NORMS[models.check_backbone(backbone)]   # what `Net.norm` of this backbone will be
-    task = Task(str(dataset), in_memory(splits.train, short_side), in_memory(splits.val, short_side), image_size,
-                backbone, batch_size, seed, torch.device(device), Path(cache_dir) if cache_dir else None, norm)
+    task = Task(str(dataset), data.in_memory(splits.train, short_side), data.in_memory(splits.val, short_side),
+                image_size, backbone, batch_size, seed, torch.device(device), Path(cache_dir) if cache_dir else None,
+                norm)
     if fraction < 1:
         task = dataclasses.replace(task, train=task.train.subset(float(fraction), seed))
     return task

@@ -25,7 +25,8 @@ from .validate import check_positive, check_positive_int
 from .models import copy_state, eval_mode
 
 __all__ = ["CancelEpoch", "CancelFit", "Learner", "NonFiniteLossError", "check_lr", "load_checkpoint", "on",
-           "progress_enabled", "rng_state", "set_rng_state", "EVENTS", "OPTIMIZERS", "RESUME_KEYS"]
+           "progress_enabled", "rng_state", "set_rng_state", "EVENTS", "OPTIMIZERS", "RESUME_KEYS",
+           "autocast"]
 
 Callback = Callable[[str, "Learner"], None]
 

@@ -7,12 +7,12 @@ and the geometric mean are there to compare.
 """
 from __future__ import annotations
 
-import time
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils import benchmark
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
@@ -206,47 +206,40 @@ def tta_logits(model: nn.Module, images, transform: Callable, batch_size: int = 
 
 # ---------------------------------------------------------------- cost
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def timings(models: nn.Module | Sequence[nn.Module], batch: torch.Tensor, views: int = 1, repeats: int = 3,
-            warmup: int = 1, max_batch: int | None = None) -> list[float]:
+            max_batch: int | None = None) -> list[float]:
     """Wall time per *image* of each of `repeats` runs of every model on `views` copies of each image in `batch`.
 
-    Only the network's work is timed (the views are built once beforehand), which is what grows
-    with TTA's k and the ensemble's M; decoding and resizing the image are paid once either way.
-    The views go through in forward passes of `max_batch` images (default: `len(batch)`), so k views
-    cost k passes of the same size as the single prediction's.
+    Each run is a `torch.utils.benchmark.Timer` measurement on this process's threads (one untimed call
+    first, then one timed; CUDA is synchronised). Only the network's work is timed (the views are built
+    once beforehand), which is what grows with TTA's k and the ensemble's M; decoding and resizing the
+    image are paid once either way. The views go through in forward passes of `max_batch` images
+    (default: `len(batch)`), so k views cost k passes of the same size as the single prediction's.
     """
     check_positive_int("views", views, 10)
     check_positive_int("repeats", repeats, 3)
-    check_positive_int("warmup", warmup, 1, allow_zero=True)
     if max_batch is not None:
         check_positive_int("max_batch", max_batch, 32)
     models = [models] if isinstance(models, nn.Module) else list(models)
     max_batch = max_batch or len(batch)
     stacked = batch.repeat_interleave(views, dim=0) if views > 1 else batch
     inputs = [stacked.to(model_device(m)) for m in models]
-    times = []
+
+    def run():
+        for m, x in zip(models, inputs):
+            for chunk in x.split(max_batch):
+                m(chunk)
+
+    timer = benchmark.Timer("run()", globals={"run": run}, num_threads=torch.get_num_threads())
     with eval_mode(*models):
-        for r in range(warmup + repeats):
-            t0 = time.perf_counter()
-            for m, x in zip(models, inputs):
-                for chunk in x.split(max_batch):
-                    m(chunk)
-                _sync(x.device)
-            if r >= warmup:
-                times.append((time.perf_counter() - t0) / len(batch))
-    return times
+        return [timer.blocked_autorange(min_run_time=0).median / len(batch) for _ in range(repeats)]
 
 
 def seconds_per_image(models: nn.Module | Sequence[nn.Module], batch: torch.Tensor, views: int = 1,
-                      repeats: int = 3, warmup: int = 1, max_batch: int | None = None) -> float:
+                      repeats: int = 3, max_batch: int | None = None) -> float:
     """Median of `timings`: wall time per image to run every model on `views` copies of each image."""
-    return float(np.median(timings(models, batch, views, repeats, warmup, max_batch)))
+    return float(np.median(timings(models, batch, views, repeats, max_batch)))
 
 
 def cost_ratio(slow: nn.Module | Sequence[nn.Module], fast: nn.Module, batch: torch.Tensor, views: int = 1,
@@ -254,13 +247,13 @@ def cost_ratio(slow: nn.Module | Sequence[nn.Module], fast: nn.Module, batch: to
     """How many times one prediction of `slow` (on `views` views) costs one plain prediction of `fast`.
 
     The two are timed in alternation, `repeats` times each, so a machine that slows down for a while
-    slows both; the interval is a bootstrap over the repeated timings (`claims.ratio_interval`).
+    slows both; the interval is a bootstrap over the repeated timings (`metrics.ratio_interval`).
     """
-    from .claims import ratio_interval
+    from .metrics import ratio_interval
     slow_t, fast_t = [], []
-    for r in range(repeats):
-        fast_t += timings(fast, batch, 1, repeats=1, warmup=1 if r == 0 else 0)
-        slow_t += timings(slow, batch, views, repeats=1, warmup=1 if r == 0 else 0)
+    for _ in range(repeats):
+        fast_t += timings(fast, batch, 1, repeats=1)
+        slow_t += timings(slow, batch, views, repeats=1)
     ratio, low, high = ratio_interval(slow_t, fast_t)
     return {"ratio": ratio, "low": low, "high": high, "slow_s": slow_t, "fast_s": fast_t, "n": repeats}
 

@@ -18,12 +18,14 @@ import torch
 from .. import claims, data, features, models, schedules
 from ..train import Learner
 from ..tasks import Task
+from .. import metrics
 
-__all__ = ["advice_table", "fine_tune", "fraction_sweep", "frozen_head", "full_finetune", "last_blocks",
-           "over_seeds", "plot_results", "plot_sweep", "precomputed_head", "result_row", "results_table",
-           "scratch", "train_head_on_features", "verdict_cache_freezes_views", "verdict_head_vs_scratch",
+__all__ = ["advice_table", "fraction_sweep", "frozen_head", "full_finetune", "last_blocks", "over_seeds",
+           "plot_results", "plot_sweep", "precomputed_head", "result_row", "results_table", "scratch",
+           "train_head_on_features", "verdict_cache_freezes_views", "verdict_head_vs_scratch",
            "verdict_more_data", "verdict_own_hidden", "verdict_precompute_speed", "verdict_table",
-           "verdict_train_all", "view_spread", "winners", "ADVISED", "NAMES", "STRATEGIES", "TEXTBOOK"]
+           "verdict_train_all", "view_spread", "winners", "ADVISED", "NAMES", "STRATEGIES", "TEXTBOOK",
+           "train_from_group"]
 
 NAMES = {"frozen_head": "a: frozen head", "precomputed_head": "b: precomputed head",
          "last_blocks": "c: last blocks", "last_blocks_hidden": "c': last blocks + hidden",
@@ -72,21 +74,21 @@ def _train_images(fit_net: models.Net, task: Task, strategy: str, epochs: int, l
                       augment=augment, history=hist, **extra)
 
 
-def _head_learner(task: Task, net: models.Net, train_fs: features.FeatureSet, val_fs: features.FeatureSet,
-                  fraction: float, progress: bool | None) -> Learner:
-    """A Learner for `net.head` on features, batched exactly like `task.loaders` batches the images."""
-    dls = features.FeatureLoaders(task.train_loader(train_fs, fraction),
-                                  data.make_loader(val_fs, task.batch_size, shuffle=False), task.classes)
-    return Learner(net.head, dls, device=task.device, progress=progress)
-
-
 def train_head_on_features(task: Task, net: models.Net, epochs: int = 5, lr: float = 3e-3, fraction: float = 1.0,
                            progress: bool | None = None) -> tuple[pd.DataFrame, float]:
     """Fit `net.head` on the cached features of `net.body` (the same training images as `fraction`)."""
+    return _fit(_head_on_features(task, net, fraction, progress)[0], epochs, lr)
+
+
+def _head_on_features(task: Task, net: models.Net, fraction: float, progress: bool | None):
+    """A Learner for `net.head` on the cached features of `net.body`, batched exactly like the task's images;
+    with the training and validation features."""
     train_fs, val_fs = task.features(net, progress)
     if fraction != 1:
         train_fs = train_fs.subset(float(fraction), task.seed)
-    return _fit(_head_learner(task, net, train_fs, val_fs, fraction, progress), epochs, lr)
+    learn = features.head_learner(net, train_fs, val_fs, task.batch_size, device=task.device, progress=progress,
+                                  train_loader=task.train_loader(train_fs, fraction))
+    return learn, train_fs, val_fs
 
 
 # ---------------------------------------------------------------- the five strategies
@@ -105,18 +107,14 @@ def precomputed_head(task: Task, epochs: int = 5, lr: float = 3e-3, fraction: fl
     `seconds` is the head training alone; `precompute_seconds` the one-off cost of the features
     (as measured when they were first computed, even if this call read them from the cache).
     """
-    net = models.freeze(task.net())
-    train_fs, val_fs = task.features(net, progress)
-    if fraction != 1:
-        train_fs = train_fs.subset(float(fraction), task.seed)
-    learn = _head_learner(task, net, train_fs, val_fs, fraction, progress)
+    learn, train_fs, val_fs = _head_on_features(task, models.freeze(task.net()), fraction, progress)
     hist, seconds = _fit(learn, epochs, lr, one_cycle=False)
     return result_row("precomputed_head", learn, hist, seconds, len(train_fs), fraction=fraction, augment=False,
                       precompute_seconds=train_fs.compute_seconds + val_fs.compute_seconds,
                       from_cache=train_fs.from_cache and val_fs.from_cache, history=hist)
 
 
-def fine_tune(task: Task, net: models.Net, strategy: str, train_from: int, epochs: int, lr, fraction: float = 1.0,
+def train_from_group(task: Task, net: models.Net, strategy: str, train_from: int, epochs: int, lr, fraction: float = 1.0,
               augment: bool = False, head_epochs: int = 5, head_lr: float = 3e-3, keep_bn_stats: bool = True,
               cached: bool = False, progress: bool | None = None, **extra) -> dict:
     """Head first, then unfreeze layer groups `train_from`.. : the usual recipe (fastai's `fine_tune`, Keras' guide).
@@ -144,8 +142,8 @@ def fine_tune(task: Task, net: models.Net, strategy: str, train_from: int, epoch
         train_a = train_a.subset(float(fraction), task.seed)
     _, suffix = models.split_body(net, train_from)
     top = models.Net(suffix, net.head, [suffix, net.head], net.feature_dim, net.norm, net.name, net.pretrained)
-    dls = features.FeatureLoaders(task.train_loader(train_a, fraction),
-                                  data.make_loader(val_a, task.batch_size, shuffle=False), task.classes)
+    dls = data.DataLoaders(task.train_loader(train_a, fraction), data.make_loader(val_a, task.batch_size, shuffle=False),
+                           task.classes)
     learn = Learner(top, dls, device=task.device, progress=progress, channels_last=task.channels_last)
     hist, seconds = _fit(learn, epochs, lr, one_cycle=True)
     return result_row(strategy, learn, hist, seconds + head_seconds, len(train_a), fraction=fraction, augment=False,
@@ -157,17 +155,17 @@ def last_blocks(task: Task, epochs: int = 2, lr: float = 3e-4, fraction: float =
                 hidden: int | None = None, train_from: int = 2, **kwargs) -> dict:
     """(c) Early layer groups frozen; the last group(s) and the head trained. `hidden` adds your own layer."""
     name = "last_blocks_hidden" if hidden else "last_blocks"
-    return fine_tune(task, task.net(hidden=hidden), name, train_from, epochs, lr, fraction, augment,
+    return train_from_group(task, task.net(hidden=hidden), name, train_from, epochs, lr, fraction, augment,
                      hidden=hidden, **kwargs)
 
 
 def full_finetune(task: Task, epochs: int = 2, lr: float | slice = 3e-5, fraction: float = 1.0,
                   augment: bool = False, **kwargs) -> dict:
-    """(d) Every layer trained from the pretrained weights (head first, see `fine_tune`).
+    """(d) Every layer trained from the pretrained weights (head first, see `train_from_group`).
 
     The learning rate is 10x below (c)'s: the more pretrained layers move, the gentler each step must be.
     """
-    return fine_tune(task, task.net(), "full_finetune", 0, epochs, lr, fraction, augment, **kwargs)
+    return train_from_group(task, task.net(), "full_finetune", 0, epochs, lr, fraction, augment, **kwargs)
 
 
 def scratch(task: Task, epochs: int = 2, lr: float = 3e-3, fraction: float = 1.0, augment: bool = False,
@@ -334,7 +332,7 @@ def verdict_more_data(sweep: pd.DataFrame, more=NAMES["last_blocks"], fewer=NAME
     little, lots = sweep["fraction"].min(), sweep["fraction"].max()
     gain_lots = _at(sweep, more, lots) - _at(sweep, fewer, lots)
     gain_little = _at(sweep, more, little) - _at(sweep, fewer, little)
-    effect, low, high = claims.paired_bootstrap(gain_lots, gain_little)
+    effect, low, high = metrics.paired_bootstrap(gain_lots, gain_little)
     n_lots = int(sweep[sweep["fraction"] == lots]["train_images"].iloc[0])
     n_little = int(sweep[sweep["fraction"] == little]["train_images"].iloc[0])
     return claims.judge(3, effect, (low, high), gain_lots.shape[-1],
@@ -345,7 +343,7 @@ def verdict_more_data(sweep: pd.DataFrame, more=NAMES["last_blocks"], fewer=NAME
 
 def verdict_own_hidden(kept: dict, hidden: dict, margin: float = 0.05) -> claims.Verdict:
     """Claim 4 (either way works): your own hidden layer loses less than `margin` against keeping the last layers."""
-    effect, low, high = claims.paired_bootstrap(_runs(hidden), _runs(kept))
+    effect, low, high = metrics.paired_bootstrap(_runs(hidden), _runs(kept))
     return claims.judge(4, effect + margin, (low + margin, high + margin), _runs(kept).shape[-1],
                         f"(c') own hidden layer minus (c) kept last layers, plus a {margin * 100:.0f}-point margin "
                         f"(positive: replacing them costs less than the margin){_seeds_note(kept, hidden)}",
@@ -372,7 +370,7 @@ def verdict_table(similar: pd.DataFrame, dissimilar: pd.DataFrame) -> claims.Ver
             other_mean = sum(_at(sweep, s, fraction) for s in others) / len(others)   # a single run broadcasts
             diff = _at(sweep, advised, fraction) - other_mean
             runs = min(len(_at(sweep, s, fraction)) for s in [advised, *others])
-            effect, low, high = claims.bootstrap_sum([(1.0, diff)])
+            effect, low, high = metrics.bootstrap_sum([(1.0, diff)])
             images = int(sweep[sweep["fraction"] == fraction]["train_images"].iloc[0])
             cells[f"{domain} + {amount}"] = claims.judge(
                 6, effect, (low, high), diff.shape[-1],
@@ -384,7 +382,7 @@ def verdict_table(similar: pd.DataFrame, dissimilar: pd.DataFrame) -> claims.Ver
 def verdict_cache_freezes_views(spread: dict) -> claims.Verdict:
     """Claim 11: how far live augmentation moves an image's features per view (a cache moves them not at all)."""
     within = np.asarray(spread["within_per_image"])
-    effect, low, high = claims.bootstrap_sum([(1 / spread["between_images"], within)])
+    effect, low, high = metrics.bootstrap_sum([(1 / spread["between_images"], within)])
     return claims.judge(11, effect, (low, high), len(within),
                         "feature change between augmented views of one image, relative to the distance between "
                         "images: what augmentation gives live and a cache cannot (it repeats one view)",

@@ -14,16 +14,17 @@ from typing import Any, Iterable, Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import PIL.Image
 import torch
 from torchvision.transforms import v2
 
 from ..augment import ColorPCA, ColorShift, PCAColor
+from ..models import small_cnn
 from ..train import CancelFit, on
+from .. import metrics
 
 __all__ = ["compare_augmentations", "fit_with_clean_train_acc", "generalisation_gap", "lighting_change",
            "mean_history", "plot_accuracy_curves", "plot_eigvals", "plot_rgb_cloud", "plot_step_timeline",
-           "preload", "small_cnn", "time_steps", "verdict_colour_robustness", "verdict_fights_overfitting",
+           "time_steps", "verdict_colour_robustness", "verdict_fights_overfitting",
            "verdict_geometry_helps", "verdict_workers"]
 
 
@@ -89,37 +90,6 @@ def plot_step_timeline(timings: Mapping[str, Mapping[str, Any]], ax=None):
     ax.set_yticks(range(len(timings)), list(timings))
     ax.set(xlabel="seconds", title="main process per step: orange = waiting for data, blue = forward/backward")
     return ax
-
-
-def preload(images: Any, short_side: int) -> Any:
-    """Decode every image once into a small in-memory array (shorter side `short_side`), labels kept.
-
-    Why: a from-scratch run reads each image dozens of times; decoding the JPEG every time would cost
-    more than the training itself.
-    """
-    from ..data import ImageList
-    arrays = []
-    for i in range(len(images)):
-        image = images.image(i)
-        scale = short_side / min(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        arrays.append(np.asarray(image.resize(size, PIL.Image.BILINEAR)))
-    return ImageList(arrays, images.targets, images.classes)
-
-
-def small_cnn(num_classes: int, width: int = 16) -> torch.nn.Sequential:
-    """Four conv-BN-ReLU-maxpool blocks (width, 2w, 4w, 8w channels), global pooling, a linear layer.
-
-    A network trained from scratch on a few hundred images: exactly the case where augmentation matters.
-    """
-    def block(c_in: int, c_out: int) -> list[torch.nn.Module]:
-        return [torch.nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), torch.nn.BatchNorm2d(c_out),
-                torch.nn.ReLU(inplace=True), torch.nn.MaxPool2d(2)]
-
-    chans = [3, width, 2 * width, 4 * width, 8 * width]
-    layers = [m for c_in, c_out in zip(chans, chans[1:]) for m in block(c_in, c_out)]
-    return torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                               torch.nn.Linear(8 * width, num_classes))
 
 
 def generalisation_gap(train_acc: float, val_acc: float) -> float:
@@ -237,7 +207,7 @@ def verdict_fights_overfitting(plain: dict, augmented: dict):
     """Claim 10: the train-minus-validation gap without augmentation minus the gap with it."""
     from .. import claims
     p, a = _by_seed(plain), _by_seed(augmented)
-    effect, low, high = claims.bootstrap_sum([(1.0, p["train"] - a["train"]), (-1.0, p["val"] - a["val"])])
+    effect, low, high = metrics.bootstrap_sum([(1.0, p["train"] - a["train"]), (-1.0, p["val"] - a["val"])])
     return claims.judge(10, effect, (low, high), p["val"].shape[-1],
                         "the generalisation gap (clean training minus validation accuracy) without augmentation "
                         f"minus the gap with it{_over_seeds(plain)}", runs=len(p["val"]))
@@ -265,7 +235,7 @@ def verdict_workers(timings: dict):
     from .. import claims
     waits = {k: np.diff(np.asarray(t["events"])[:, :2], axis=1)[:, 0] for k, t in timings.items()}
     alone, workers = waits["0 workers"], waits["2 workers"]
-    effect, low, high = claims.bootstrap_sum([(1.0, alone), (-1.0, workers)])
+    effect, low, high = metrics.bootstrap_sum([(1.0, alone), (-1.0, workers)])
     return claims.judge(9, effect, (low, high), min(len(alone), len(workers)),
                         "data waiting per training step, distortions in the training process minus in 2 workers",
                         unit="ms per step", scale=1000.0)

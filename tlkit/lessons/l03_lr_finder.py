@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .. import claims
 from ..errors import ParameterError
 from ..validate import check_positive, check_positive_int
+from .. import metrics
 
 __all__ = ["best_lr", "item_losses", "lr_grid", "plot_lr_grid", "rule_losses", "suggestion_shifts",
            "verdict_min10_vs_steep", "verdict_rerun_after_change"]
@@ -115,7 +116,7 @@ def rule_losses(make_learner, rules, epochs: int, seeds, loader, **find_kwargs) 
 def verdict_min10_vs_steep(loss_min10: np.ndarray, loss_steep: np.ndarray):
     """Claim 12: loss after training at the steepest point minus at min/10, `[seeds, images]` (resamples both)."""
     steep, min10 = np.atleast_2d(loss_steep), np.atleast_2d(loss_min10)
-    effect, low, high = claims.paired_bootstrap(steep, min10)
+    effect, low, high = metrics.paired_bootstrap(steep, min10)
     return claims.judge(12, effect, (low, high), min10.shape[1],
                         f"validation loss after training at the steep suggestion minus at min/10, over "
                         f"{min10.shape[0]} sweeps and fits (the interval resamples seeds and images)",
@@ -148,7 +149,7 @@ def verdict_rerun_after_change(shifts):
     decades = shifts["decades"].dropna().to_numpy()
     if len(decades) < 2:
         raise ValueError("need at least two seeds with a suggestion before and after")
-    mean, low, high = claims.mean_interval(decades)
+    mean, low, high = metrics.mean_interval(decades)
     sign = 1.0 if mean >= 0 else -1.0          # moved either way: the size of the move, interval mirrored
     low, high = sorted((sign * low, sign * high))
     return claims.judge(13, sign * mean, (low, high), len(decades),

@@ -186,7 +186,7 @@ def verdict_sgdr_beats_step(correct_sgdr, correct_step):
     """Claim 14: SGDR minus step decay, validation accuracy `[seeds, images]` (paired; resamples seeds and images)."""
     from .. import claims
     sgdr, step = np.atleast_2d(np.asarray(correct_sgdr, float)), np.atleast_2d(np.asarray(correct_step, float))
-    effect, low, high = claims.paired_bootstrap(sgdr, step)
+    effect, low, high = metrics.paired_bootstrap(sgdr, step)
     return claims.judge(14, effect, (low, high), sgdr.shape[-1],
                         f"SGDR minus step decay, same budget and LR, validation accuracy over {len(sgdr)} seeds "
                         "(the interval resamples seeds and images)", runs=len(sgdr))

@@ -20,16 +20,16 @@ import torch
 from torch import nn
 
 from .. import models
-from ..claims import bootstrap_sum
+from ..metrics import bootstrap_sum
 from ..optim import differential_lrs, lrs_for_groups
 
-__all__ = ["FineTuneRun", "Study", "change_table", "comparisons",
-           "divergence_lr", "find_lr", "find_lrs", "finetune_from", "first_conv",
-           "frozen_bn_stats", "group_frozen", "group_labels", "group_param_names", "lr_from_finder",
-           "plot_change_by_depth", "plot_change_by_group", "plot_filters", "plot_finder", "ratio_label",
-           "relative_change", "relative_change_by_group", "relative_change_by_tensor", "relearn_advantage",
-           "rule_advantage", "run_study", "similar_set_note", "weights_of", "study", "study_on",
-           "train_head", "verdict_ratio_rule", "verdict_relearn", "FROZEN0"]
+__all__ = ["FineTuneRun", "Study", "change_table", "comparisons", "divergence_lr", "find_lr", "find_lrs",
+           "finetune_from", "first_conv", "frozen_bn_stats", "group_frozen", "group_labels",
+           "group_param_names", "lr_from_finder", "plot_change_by_depth", "plot_change_by_group",
+           "plot_filters", "plot_finder", "ratio_label", "relative_change", "relative_change_by_group",
+           "relative_change_by_tensor", "relearn_advantage", "rule_advantage", "run_study",
+           "similar_set_note", "weights_of", "study", "study_on", "train_head", "verdict_ratio_rule",
+           "verdict_relearn", "FROZEN0"]
 
 
 def group_param_names(net: nn.Module) -> list[list[str]]:

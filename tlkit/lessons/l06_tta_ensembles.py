@@ -24,8 +24,8 @@ from ..tta import TEN_CROP_SUBSETS, blend
 
 __all__ = ["accuracy_vs_members", "cost_sentence", "cost_vs_members", "fit_seeds", "fixed_and_broken",
            "interpolation_curve", "outputs_vs_weights", "part_sentence", "plot_accuracy_vs_cost",
-           "plot_accuracy_vs_members", "plot_interpolation", "tensor_loaders", "tiny_cnn", "train_heads",
-           "tta_table", "verdict_ensemble_gain", "verdict_outputs_vs_weights", "verdict_tta"]
+           "plot_accuracy_vs_members", "plot_interpolation", "tensor_loaders", "train_heads", "tta_table",
+           "verdict_ensemble_gain", "verdict_outputs_vs_weights", "verdict_tta"]
 
 
 def tta_table(ten_logits: torch.Tensor, targets: torch.Tensor, aug_logits: torch.Tensor | None = None,
@@ -188,9 +188,8 @@ def train_heads(train_fs, val_fs, seeds: Sequence[int], epochs: int = 10, lr: fl
     weights for every head instead (only data order and dropout then differ), which is what makes
     their weights averageable.
     """
-    from ..features import feature_loaders
+    from ..features import head_learner
     from ..models import new_head
-    from ..train import Learner
 
     num_classes = len(train_fs.classes) or int(max(train_fs.y.max(), val_fs.y.max())) + 1
 
@@ -198,24 +197,9 @@ def train_heads(train_fs, val_fs, seeds: Sequence[int], epochs: int = 10, lr: fl
         torch.manual_seed(seed if init_seed is None else init_seed)
         head = new_head(train_fs.feature_dim, num_classes, hidden, dropout)
         torch.manual_seed(seed)
-        return Learner(head, feature_loaders(train_fs, val_fs, batch_size, seed), wd=wd, device="cpu",
-                       progress=False)
+        return head_learner(head, train_fs, val_fs, batch_size, seed, wd=wd, device="cpu", progress=False)
 
     return fit_seeds(make, seeds, epochs, lr, **fit_kwargs)
-
-
-def tiny_cnn(num_classes: int, in_channels: int = 3, width: int = 16) -> nn.Module:
-    """A small CNN (three conv-BN-ReLU blocks, global pooling, linear) for 32-pixel images.
-
-    Why: training networks *from random initialisations* is the case where weight averaging fails,
-    and this one trains from scratch in seconds on a CPU (e.g. on the 8x8 `digits` scaled to 32 px).
-    """
-    def block(cin, cout):
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                             nn.ReLU(inplace=True), nn.MaxPool2d(2))
-
-    return nn.Sequential(block(in_channels, width), block(width, 2 * width), block(2 * width, 4 * width),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, num_classes))
 
 
 def tensor_loaders(splits, transform: Callable, batch_size: int = 64, seed: int | None = None):
@@ -225,14 +209,13 @@ def tensor_loaders(splits, transform: Callable, batch_size: int = 64, seed: int 
     """
     from torch.utils.data import TensorDataset
 
-    from ..data import make_loader
-    from ..features import FeatureLoaders
+    from ..data import DataLoaders, make_loader
 
     def stack(images):
         return TensorDataset(torch.stack([transform(images.image(i)) for i in range(len(images))]),
                              torch.tensor(images.targets))
 
-    return FeatureLoaders(make_loader(stack(splits.train), batch_size, True, seed=seed),
+    return DataLoaders(make_loader(stack(splits.train), batch_size, True, seed=seed),
                           make_loader(stack(splits.val), 2 * batch_size, False), list(splits.classes))
 
 
@@ -244,7 +227,7 @@ def verdict_ensemble_gain(logits: torch.Tensor, targets: torch.Tensor, what: str
     """
     ensemble = (merge(logits, "prob", dim=0).argmax(-1) == targets).float().numpy()
     diff = ensemble - metrics.correct(logits, targets).mean(0)
-    effect, low, high = claims.bootstrap_sum([(1.0, diff)])
+    effect, low, high = metrics.bootstrap_sum([(1.0, diff)])
     return claims.judge(20, effect, (low, high), len(diff),
                         what or f"the average of {len(logits)} members' probabilities minus a single member, "
                                 "validation accuracy")

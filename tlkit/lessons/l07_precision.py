@@ -24,9 +24,10 @@ from torchvision.transforms import v2 as T
 from ..conv import conv2d_fft, conv2d_im2col, fft_spectrum_factor, im2col
 from ..data import ImageList
 from ..pipeline import MemmapImageStore, measure_throughput
+from .. import metrics
 
-__all__ = ["amp_benchmark", "bottleneck_prose", "bottleneck_report", "bottleneck_summary",
-           "cast_report", "fft_crossover", "finfo_table", "fp16_store", "fp16_table", "fp16_training_runs",
+__all__ = ["amp_benchmark", "bottleneck_prose", "bottleneck_report", "bottleneck_summary", "cast_report",
+           "fft_crossover", "finfo_table", "fp16_store", "fp16_table", "fp16_training_runs",
            "gradient_match", "gradients", "kernel_sweep", "loss_curves", "neighbours", "plot_bottleneck",
            "plot_gradient_range", "plot_running_sums", "repeated_timings", "running_sums",
            "saved_activation_bytes", "small_kernel_timings", "stage_prose", "stage_ranking",
@@ -145,12 +146,12 @@ def sum_rel_errors(sums: pd.DataFrame, value: float = 1e-4) -> dict:
 
 
 def gradients(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=None) -> torch.Tensor:
-    """Every parameter gradient of one fp32 forward/backward, flattened into one vector."""
-    net.zero_grad(set_to_none=True)
-    (loss_fn or torch.nn.functional.cross_entropy)(net(x), y).backward()
-    grads = torch.cat([p.grad.detach().flatten().cpu() for p in net.parameters() if p.grad is not None])
-    net.zero_grad(set_to_none=True)
-    return grads
+    """Every parameter gradient of one fp32 forward/backward, flattened into one vector (a measurement: no
+    optimizer step, and the parameters' `.grad` are left untouched)."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    loss = (loss_fn or torch.nn.functional.cross_entropy)(net(x), y)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return torch.cat([g.detach().flatten().cpu() for g in grads if g is not None])
 
 
 def plot_gradient_range(grads: torch.Tensor, scale: float = 2.0**16, dtype=torch.float16, ax=None):
@@ -355,7 +356,7 @@ def fp16_training_runs(seeds=(0, 1, 2), variants=FP16_VARIANTS, **kwargs) -> lis
 def fp16_table(runs: list[dict], reference: str = "fp32") -> pd.DataFrame:
     """Per variant: final validation loss and accuracy (mean over seeds), and the loss gap to `reference`
     with a paired bootstrap interval over validation items (each item's loss averaged over the seeds)."""
-    from ..claims import paired_bootstrap
+    from ..metrics import paired_bootstrap
     by = {v: np.mean([r["val_item_loss"] for r in runs if r["variant"] == v], axis=0)
           for v in dict.fromkeys(r["variant"] for r in runs)}
     acc = {v: np.mean([r["val_correct"].mean() for r in runs if r["variant"] == v]) for v in by}
@@ -384,7 +385,7 @@ def verdict_fp16_convergence(runs: list[dict], naive: str = FP16_VARIANTS[1], ca
     from .. import claims
     a = np.mean([r["val_item_loss"] for r in runs if r["variant"] == naive], axis=0)
     b = np.mean([r["val_item_loss"] for r in runs if r["variant"] == careful], axis=0)
-    effect, low, high = claims.paired_bootstrap(a, b)
+    effect, low, high = metrics.paired_bootstrap(a, b)
     seeds = len({r["seed"] for r in runs})
     return claims.judge(28, effect, (low, high), len(a),
                         f"validation loss after {len(runs[0]['train_loss'])} SGD steps with fp16-stored weights "
@@ -494,7 +495,7 @@ def _time_one_batch(dataset, store, resize, collate, device, idx) -> dict:
 
 def stage_ranking(stages: pd.DataFrame) -> pd.DataFrame:
     """The loading steps ranked by their mean cost in this run, with a t interval over batches."""
-    from ..claims import mean_interval
+    from ..metrics import mean_interval
     rows = []
     for s in STAGES:
         mean, low, high = mean_interval(stages[s].to_numpy())

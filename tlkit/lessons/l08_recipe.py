@@ -374,7 +374,7 @@ class Recipe:
         start_correct = self._kept_correct
         change = None
         if correct is not None and start_correct is not None:
-            change = claims.paired_bootstrap(correct, start_correct, seed=self.seed)
+            change = metrics.paired_bootstrap(correct, start_correct, seed=self.seed)
         result = StepResult(STEP_NAMES[key], None if correct is None else float(np.mean(correct)),
                             time.perf_counter() - start, settings, float(score[0]), float(score[1]), kept,
                             None if start_correct is None else float(np.mean(start_correct)), change, correct, keep)
@@ -837,7 +837,7 @@ def waterfall_table(acc_after_step: Sequence[dict], baseline: float | None = Non
     if any("kept" in s for s in acc_after_step):
         table["kept"] = [bool(s.get("kept", True)) for s in acc_after_step]
     if n:
-        bounds = [claims.proportion_interval(int(round(a * n)), n)[1:] for a in acc]
+        bounds = [metrics.proportion_interval(int(round(a * n)), n)[1:] for a in acc]
         table["acc_lo"], table["acc_hi"] = [b[0] for b in bounds], [b[1] for b in bounds]
     return table
 
@@ -1003,7 +1003,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> M
     """Rebuild a network saved by `save_model` (no pretrained weights needed) and return it with its metadata."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path} is not a model saved by tlkit.recipe.save_model (format {state.get('format')})")
+        raise ValueError(f"{path} is not a model saved by tlkit.lessons.l08_recipe.save_model (format {state.get('format')})")
     net = models.create(state["backbone"], len(state["classes"]), pretrained=False, **state["head"])
     net.load_state_dict(state["model"])
     return ModelBundle(net.to(device).eval(), state["classes"], state["preprocessing"])
