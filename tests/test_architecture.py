@@ -153,3 +153,9 @@ def test_the_module_map_is_current():
     from tlkit.cli import modules_markdown
     assert (REPO / "docs" / "MODULES.md").read_text() == modules_markdown(), \
         "docs/MODULES.md is stale: python -m tlkit modules > docs/MODULES.md"
+
+
+def test_the_cli_prints_the_module_map(capsys):
+    from tlkit.cli import main
+    assert main(["modules"]) == 0
+    assert capsys.readouterr().out == (REPO / "docs" / "MODULES.md").read_text()
