@@ -1,5 +1,8 @@
 """The lesson runner: listing, parameter checks, failing notebooks, run folder."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -69,3 +72,11 @@ def test_the_claims_table_marks_settled_verdicts_from_few_runs_as_provisional():
     page = cli.claims_table_html(rows)
     assert page.count("provisional: 3 runs per setting") == 1        # claim 3 only: 4 is not settled, 1 is one design
     assert page.count("not measured in this run") == len(claims.CLAIMS) - 3
+
+
+def test_the_child_that_runs_a_notebook_never_imports_torch():
+    """`import tlkit` is lazy and `tlkit.execute` imports only papermill: the runner's child stays light."""
+    probe = "import sys, tlkit, tlkit.execute, papermill; print('torch' in sys.modules, tlkit.record.__name__)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(cli.REPO)}).stdout.split()
+    assert out == ["False", "record"]   # and `tlkit.record` is still the function, not the submodule

@@ -71,7 +71,8 @@ def test_a_folder_of_5000_images_is_sized_to_the_budget(big_folder, run_on_folde
     result, text = run_on_folder("08", big_folder, model_path=str(tmp_path / "model.pt"))
     m = result.metrics
     assert m["n_train_available"] == 3000 and m["n_val"] == 150 and m["n_test"] == 200   # 60/20/20, then capped
-    assert 0 < m["n_train_body"] < m["n_train_used"] < m["n_train_available"]
+    # the budget caps the images; how many each kind of step gets follows the measured speed (run to run)
+    assert 0 < m["n_train_body"] <= m["n_train_used"] < m["n_train_available"]
     assert "training images for the steps on precomputed features and a stratified" in text
     _check_waterfall(m)
     assert result.peak_mb < 1536   # memory follows the budget, not the folder

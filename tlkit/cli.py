@@ -26,22 +26,20 @@ import time
 import tokenize
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from .config import PRESETS
 from .errors import ParameterError
+from .execute import Interrupted, signals_interrupt
 from .html_export import export_html
-from .record import read_notebook_metrics
 
-__all__ = ["Interrupted", "Lesson", "LessonResult", "Parameter", "check_parameters", "claims_ledger",
-           "claims_table_html", "default_run_folder", "execute_in_subprocess", "inject_parameters",
-           "interrupted_result", "list_command", "list_lessons", "main", "notebook_parameters",
-           "notebooks_dir", "parse_parameters", "parse_value", "prepare_run_folder", "run_command",
-           "run_lessons", "select", "signals_interrupt", "stop_process_group", "write_summary", "GRACE_S",
-           "REPO", "STOP_SIGNALS", "modules_markdown"]
+__all__ = ["Lesson", "LessonResult", "Parameter", "check_parameters", "claims_ledger", "claims_table_html",
+           "default_run_folder", "execute_in_subprocess", "interrupted_result", "list_command",
+           "list_lessons", "main", "notebook_parameters", "notebooks_dir", "parse_parameters",
+           "parse_value", "prepare_run_folder", "run_command", "run_lessons", "select",
+           "stop_process_group", "write_summary", "GRACE_S", "REPO", "modules_markdown"]
 
 REPO = Path(__file__).resolve().parent.parent
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GRACE_S = 10.0  # seconds a stopped lesson gets to shut its kernel down before SIGKILL
 
 
@@ -80,14 +78,6 @@ class Parameter:
     name: str
     default: Any
     help: str
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM reached the runner; `signum` says which."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def notebooks_dir() -> Path:
@@ -275,8 +265,8 @@ def execute_in_subprocess(lesson: Lesson, out: Path, params: dict, timeout: floa
     # TLKIT_HEADLESS: progress bars print one final line and widgets leave a picture (see tlkit.progress)
     env = dict(os.environ, TLKIT_HEADLESS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "tlkit.cli", "_execute", str(lesson.path), str(out), json.dumps(params),
-           str(timeout or 0), "1" if html_export else "0", str(report)]
+    cmd = [sys.executable, "-m", "tlkit.execute", str(lesson.path), str(out), json.dumps(params),
+           str(timeout or 0), str(report)]
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
@@ -292,6 +282,8 @@ def execute_in_subprocess(lesson: Lesson, out: Path, params: dict, timeout: floa
     if report.exists():
         result = LessonResult(**json.loads(report.read_text()))
         report.unlink()
+        if html_export and result.notebook:   # here, not in the child: nbconvert is imported once per run
+            result.html = export_html(out / result.notebook)
         return result
     return LessonResult(lesson.stem, "failed", time.perf_counter() - t0, None, error=f"runner crashed: {tail}")
 
@@ -312,76 +304,10 @@ def stop_process_group(proc: subprocess.Popen, grace: float = GRACE_S) -> None:
         proc.wait()
 
 
-@contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """Within the block SIGINT and SIGTERM raise `Interrupted`; later ones are ignored while it cleans up."""
-    def handler(signum: int, frame: Any) -> None:
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-        raise Interrupted(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
-def _execute(nb_in: str, out_dir: str, params_json: str, timeout: str, html_export: str, report: str) -> None:
-    """Child-process side: papermill-execute one notebook, export HTML, report metrics and memory."""
-    import resource
-
-    import papermill as pm
-    path, out = Path(nb_in), Path(out_dir)
-    nb_out = out / path.name
-    t0 = time.perf_counter()
-    status, error = "ok", None
-    try:
-        inject_parameters(path, nb_out, json.loads(params_json))
-        pm.execute_notebook(str(nb_out), str(nb_out), cwd=str(path.parent),
-                            execution_timeout=float(timeout) or None, progress_bar=False,
-                            log_output=False)
-    except pm.PapermillExecutionError as exc:
-        status = "failed"
-        error = (f"cell {exc.cell_index} of the executed notebook (In [{exc.exec_count}], "
-                 f"`{_first_line(nb_out, exc.exec_count)}`): {exc.ename}: {exc.evalue}")
-    except Exception as exc:  # kernel died, timeout, bad notebook
-        status = "failed"
-        error = f"{type(exc).__name__}: {exc}"
-    wall = time.perf_counter() - t0
-    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    peak_kb = max(u.ru_maxrss for u in usage)
-    cpu = sum(u.ru_utime + u.ru_stime for u in usage)
-    metrics, html_name = {}, None
-    if nb_out.exists():
-        metrics = read_notebook_metrics(nb_out)
-        if html_export == "1":
-            html_name = export_html(nb_out)
-    result = LessonResult(path.stem, status, wall, peak_kb / 1024, metrics, error, nb_out.name, html_name, cpu)
-    Path(report).write_text(json.dumps(asdict(result)))
 
 
-def inject_parameters(nb_in: Path, nb_out: Path, params: dict) -> None:
-    """Write `nb_in` to `nb_out` with papermill's injected-parameters cell after its parameters cell.
-
-    papermill's injection needs no parsing; only its check for unknown names does (and warns on lines
-    it cannot parse), which `check_parameters` has done already. So papermill executes `nb_out` as is.
-    """
-    from papermill.iorw import load_notebook_node, write_ipynb
-    from papermill.parameterize import parameterize_notebook
-    write_ipynb(parameterize_notebook(load_notebook_node(str(nb_in)), params), str(nb_out))
-
-
-def _first_line(nb_path: Path, exec_count: int) -> str:
-    """The first source line of the cell that ran as `In [exec_count]`, to point at the failing code."""
-    try:
-        import nbformat
-        cells = nbformat.read(str(nb_path), as_version=4).cells
-        source = next(c.source for c in cells if c.get("execution_count") == exec_count)
-        return source.strip().splitlines()[0][:80]
-    except Exception:  # the pointer is a courtesy; never fail the report over it
-        return "?"
 
 
 def claims_ledger(out: Path, results: list[LessonResult]) -> list[dict]:
@@ -560,18 +486,5 @@ def run_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _execute_main(argv: Sequence[str]) -> int:
-    """Child-process entry: SIGTERM from the runner unwinds papermill, which shuts the kernel down."""
-    with signals_interrupt():
-        try:
-            _execute(*argv)
-        except Interrupted as exc:
-            return 128 + exc.signum
-    return 0
-
-
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_execute":
-        sys.exit(_execute_main(sys.argv[2:8]))
-    else:
-        sys.exit(main())
+    sys.exit(main())
