@@ -32,7 +32,7 @@ from .validate import check_fraction, check_positive_int
 
 __all__ = ["DataCopy", "DataLoaders", "DatasetInfo", "ImageList", "ScanResult", "Splits", "at_most_indices",
            "available_datasets", "cache_dir", "check_image", "dataloaders", "decode_size", "denormalize",
-           "eval_resize", "eval_transform", "get_splits", "largest_image_size", "load_rgb", "locate",
+           "eval_resize", "eval_transform", "get_splits", "shrunk_array", "IN_MEMORY_RULE", "largest_image_size", "load_rgb", "locate",
            "make_loader", "offline", "pack_index", "resolve", "scan_folder", "search_places",
            "size_at_hand", "stratified_indices", "stratified_split", "train_transform", "CROP_FRACTION",
            "DEFAULT_NORM", "IMAGE_FORMATS", "IMAGE_SUFFIXES", "PACK_ROOT", "REGISTRY", "in_memory"]
@@ -657,18 +657,45 @@ def dataloaders(dataset: str | os.PathLike | Splits = "hymenoptera", image_size:
                        splits.classes, splits)
 
 
-def in_memory(images: ImageList, short_side: int) -> ImageList:
-    """Decode every image once, shrunk so its shorter side is `short_side`, and keep the pixels in memory.
+def shrunk_array(source: ImageList, i: int, short_side: int) -> np.ndarray:
+    """Image `i` as uint8 H x W x 3, shrunk (never enlarged) so its shorter side is `short_side`."""
+    img = source.image(i)
+    if min(img.size) > short_side:   # the long side as torchvision's Resize computes it (truncated)
+        long_side = int(short_side * max(img.size) / min(img.size))
+        size = (short_side, long_side) if img.width <= img.height else (long_side, short_side)
+        img = img.resize(size, Image.BILINEAR, reducing_gap=None)
+    return np.asarray(img)
+
+
+IN_MEMORY_RULE = "PIL decode at decode_size=short_side, RGB, shorter side to short_side, bilinear, reducing_gap=None"
+
+
+def in_memory(images: ImageList, short_side: int, cache: bool | str | os.PathLike = True) -> ImageList:
+    """Decode every image once, shrunk so its shorter side is `short_side`, and keep the pixels at hand.
 
     Why: lessons that train on a few hundred photos pass over them dozens of times; decoding a JPEG
-    each time would cost more than the small network at these image sizes.
+    each time would cost more than the small network at these image sizes. Images read from files are
+    kept in the course-wide decoded-image cache (`tlkit.image_cache`, `<cache>/decoded`; `cache` may name
+    another folder, or be False): the next lesson or run at the same size reads them back instead.
     """
-    arrays, source = [], images.with_transform(None, decode_size=short_side)
-    for i in range(len(source)):
-        img = source.image(i)
-        if min(img.size) > short_side:   # the long side as torchvision's Resize computes it (truncated)
-            long_side = int(short_side * max(img.size) / min(img.size))
-            size = (short_side, long_side) if img.width <= img.height else (long_side, short_side)
-            img = img.resize(size, Image.BILINEAR, reducing_gap=None)
-        arrays.append(np.asarray(img))
+    from . import image_cache
+    from .progress import progress
+
+    source = images.with_transform(None, decode_size=short_side)
+    if cache is False or not any(isinstance(item, (str, os.PathLike)) for item in images.items):
+        return ImageList([shrunk_array(source, i, short_side) for i in range(len(source))],
+                         images.targets, images.classes)
+    root = Path(cache) if not isinstance(cache, bool) else cache_dir() / "decoded"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        usable = os.access(root, os.W_OK | os.X_OK)
+    except OSError:
+        usable = False
+    if not usable:
+        warnings.warn(f"the decoded-image cache {root} is not writable: decoding in memory only", stacklevel=2)
+        return in_memory(images, short_side, cache=False)
+    key = {"data": images.fingerprint(), "short_side": int(short_side), "rule": IN_MEMORY_RULE}
+    arrays, _ = image_cache.cached_arrays(
+        key, len(source), lambda i: shrunk_array(source, i, short_side), root,
+        progress=lambda it: progress(it, desc=f"decode {len(source)} images at {short_side} px", leave=False))
     return ImageList(arrays, images.targets, images.classes)
