@@ -69,10 +69,11 @@ def test_cached_pixels_equal_a_fresh_decode_and_the_second_run_reads_them_back(t
     assert isinstance(second.items[0], np.memmap) and not second.items[0].flags.writeable
     assert second.targets == images.targets and second.classes == images.classes
     assert len(entries(tmp_path / "cache")) == 1
-    tf = data.eval_transform(48, data.DEFAULT_NORM)   # the views the lessons train on are the same tensors
-    fresh = data.in_memory(images, 64, cache=False).with_transform(tf)
-    for i in range(len(images)):
-        assert np.array_equal(second.with_transform(tf)[i][0].numpy(), fresh[i][0].numpy())
+    tf = data.eval_transform(56, data.DEFAULT_NORM)   # eval_resize(56) == 64: the evaluation view of the files ...
+    assert data.eval_resize(56) == 64
+    from_files = images.with_transform(tf, data.decode_size(56))
+    for i in range(len(images)):                      # ... is the view of the cached pixels, bit for bit
+        assert np.array_equal(second.with_transform(tf)[i][0].numpy(), from_files[i][0].numpy())
 
 
 def test_a_cache_hit_decodes_nothing(tmp_path):

@@ -3,7 +3,8 @@
 Each run is the lesson runner's (`run_lessons`): every lesson in its own process, with its wall time,
 CPU time and peak memory. The two runs share one fresh `$TLKIT_CACHE` inside the bench folder, so the
 first is cold (features computed, datasets read from the embedded pack or `$TLKIT_DATA`) and the second
-warm. `bench.json` holds both, the warm/cold ratio and each lesson's share of the course; given a
+warm. `bench.json` holds both, the warm/cold ratio, each lesson's share of the course and the cache entries
+(decoded images, features) each lesson built, so course-wide reuse shows; given a
 previous `bench.json`, a table compares the two. Only ratios within one run are worth comparing across
 machines: absolute seconds depend on the machine.
 """
@@ -20,7 +21,8 @@ from typing import Iterator, Sequence
 from .errors import ParameterError
 from .cli import REPO, LessonResult, run_lessons
 
-__all__ = ["bench", "summarise", "compare_table", "slowest_cells", "cells_table", "PHASES", "cache_at"]
+__all__ = ["bench", "summarise", "compare_table", "slowest_cells", "cells_table", "PHASES", "cache_at",
+           "cache_entries", "EntryCounter"]
 
 PHASES = ("cold", "warm")
 
@@ -37,6 +39,29 @@ def cache_at(path: Path) -> Iterator[None]:
             os.environ.pop("TLKIT_CACHE", None)
         else:
             os.environ["TLKIT_CACHE"] = before
+
+
+def cache_entries(cache: Path) -> set[str]:
+    """The finished entries of a tlkit cache: decoded-image folders and feature files (temporary ones excluded)."""
+    decoded = {f"decoded/{p.name}" for p in (Path(cache) / "decoded").glob("*") if p.is_dir() and p.name[0] != "."}
+    feats = {f"features/{p.name}" for p in (Path(cache) / "features").glob("*.pt") if p.name[0] != "."}
+    return decoded | feats
+
+
+class EntryCounter:
+    """After each lesson (`run_lessons(after_each=...)`), how many decoded-image and feature entries it built.
+
+    Why: a warm run should build none, and a cold run shows which lessons reuse an earlier lesson's entries.
+    """
+
+    def __init__(self, cache: Path):
+        self.cache, self.seen, self.built = Path(cache), cache_entries(cache), {}
+
+    def __call__(self, result: LessonResult) -> None:
+        now = cache_entries(self.cache)
+        new = now - self.seen
+        self.built[result.lesson] = {kind: sum(e.startswith(kind) for e in new) for kind in ("decoded", "features")}
+        self.seen = now
 
 
 def slowest_cells(folder: Path, k: int = 10) -> list[dict]:
@@ -66,11 +91,14 @@ def cells_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def summarise(runs: dict[str, list[LessonResult]], preset: str) -> dict:
-    """bench.json's content: per phase and lesson wall/CPU seconds and peak MB; totals, warm/cold, shares."""
+def summarise(runs: dict[str, list[LessonResult]], preset: str, built: dict[str, dict] | None = None) -> dict:
+    """bench.json's content: per phase and lesson wall/CPU seconds, peak MB and cache entries built (`built`
+    [phase][lesson]); totals, warm/cold, shares."""
+    built = built or {}
     phases = {phase: {r.lesson: {"status": r.status, "wall_s": round(r.wall_s, 2),
                                  "cpu_s": None if r.cpu_s is None else round(r.cpu_s, 2),
-                                 "peak_mb": None if r.peak_mb is None else round(r.peak_mb)}
+                                 "peak_mb": None if r.peak_mb is None else round(r.peak_mb),
+                                 **({"built": built[phase][r.lesson]} if r.lesson in built.get(phase, {}) else {})}
                       for r in results} for phase, results in runs.items()}
     totals = {phase: round(sum(v["wall_s"] for v in lessons.values()), 2) for phase, lessons in phases.items()}
     summary = {"preset": preset, "created": dt.datetime.now().isoformat(timespec="seconds"), **phases,
@@ -84,7 +112,7 @@ def summarise(runs: dict[str, list[LessonResult]], preset: str) -> dict:
 
 def compare_table(new: dict, old: dict | None = None) -> str:
     """One line per lesson: cold and warm wall seconds and peak MB, and with `old` the new/old wall ratios."""
-    head = f"{'lesson':28s} {'cold s':>7s} {'warm s':>7s} {'warm/cold':>9s} {'peak MB':>8s}"
+    head = f"{'lesson':28s} {'cold s':>7s} {'warm s':>7s} {'warm/cold':>9s} {'peak MB':>8s} {'built cold/warm':>15s}"
     if old:
         head += f" {'cold new/old':>12s} {'warm new/old':>12s}"
     lines = [head]
@@ -92,7 +120,9 @@ def compare_table(new: dict, old: dict | None = None) -> str:
         warm = new.get("warm", {}).get(lesson, {})
         ratio = warm["wall_s"] / cold["wall_s"] if warm and cold["wall_s"] else float("nan")
         peak = max(p for p in (cold.get("peak_mb"), warm.get("peak_mb"), 0) if p is not None)
-        line = f"{lesson:28s} {cold['wall_s']:7.1f} {warm.get('wall_s', float('nan')):7.1f} {ratio:9.2f} {peak:8.0f}"
+        built = "/".join(str(sum(p["built"].values())) if "built" in p else "-" for p in (cold, warm))
+        line = (f"{lesson:28s} {cold['wall_s']:7.1f} {warm.get('wall_s', float('nan')):7.1f} {ratio:9.2f} "
+                f"{peak:8.0f} {built:>15s}")
         if old:
             parts = []
             for phase, now in (("cold", cold), ("warm", warm)):
@@ -108,8 +138,11 @@ def compare_table(new: dict, old: dict | None = None) -> str:
 
 
 def bench(ids: Sequence[str] = (), preset: str = "quick", out: Path | None = None,
-          previous: Path | None = None, echo=print) -> dict:
-    """Run the lessons cold then warm into `out` (default runs/bench-<timestamp>); write and return bench.json."""
+          previous: Path | None = None, echo=print, params: dict | None = None) -> dict:
+    """Run the lessons cold then warm into `out` (default runs/bench-<timestamp>); write and return bench.json.
+
+    `params`: notebook parameters for both runs, as `lessons run -p` takes them (e.g. a user's folder).
+    """
     old = None
     if previous is not None:
         try:
@@ -120,12 +153,16 @@ def bench(ids: Sequence[str] = (), preset: str = "quick", out: Path | None = Non
     cache = out / "cache"
     shutil.rmtree(cache, ignore_errors=True)   # cold means empty
     cache.mkdir(parents=True)
-    runs = {}
+    runs, built = {}, {}
     with cache_at(cache):
         for phase in PHASES:
             echo(f"== {phase} cache ==")
-            runs[phase] = run_lessons(ids, preset, out / phase, html_export=False, echo=echo, force=True)
-    summary = summarise(runs, preset)
+            counter = EntryCounter(cache)
+            runs[phase] = run_lessons(ids, preset, out / phase, params, html_export=False, echo=echo, force=True,
+                                      after_each=counter)
+            built[phase] = counter.built
+    summary = summarise(runs, preset, built)
+    summary["params"] = {k: str(v) for k, v in (params or {}).items()}
     summary["slowest_cells"] = {phase: slowest_cells(out / phase) for phase in PHASES}
     (out / "bench.json").write_text(json.dumps(summary, indent=2) + "\n")
     echo(compare_table(summary, old))

@@ -2,7 +2,7 @@
 
 `python -m tlkit lessons list [IDS...] [-v]`
 `python -m tlkit lessons run [IDS...] --preset quick|full|auto --out DIR [--force] [-p NAME VALUE ...]`
-`python -m tlkit bench [IDS...] [--out DIR] [--against OLD/bench.json]`   (see tlkit.bench)
+`python -m tlkit bench [IDS...] [-p NAME VALUE ...] [--out DIR] [--against OLD/bench.json]`   (see tlkit.bench)
 
 Each lesson runs in its own process so its wall time and peak memory are its own; a failing
 lesson is reported with the failing cell and the others still run. SIGINT (Ctrl-C) or SIGTERM stops
@@ -26,7 +26,7 @@ import time
 import tokenize
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .config import PRESETS
 from .errors import ParameterError
@@ -194,8 +194,11 @@ def default_run_folder() -> Path:
 
 def run_lessons(ids: Sequence[str] = (), preset: str = "auto", out: Path | None = None,
                 params: dict[str, Any] | None = None, timeout: float | None = None,
-                html_export: bool = True, echo=print, force: bool = False) -> list[LessonResult]:
+                html_export: bool = True, echo=print, force: bool = False,
+                after_each: Callable[[LessonResult], None] | None = None) -> list[LessonResult]:
     """Execute lessons into `out` (default `runs/<timestamp>/`); writes metrics.json and index.html.
+
+    `after_each(result)` runs after every lesson (the bench counts the cache entries it built there).
 
     A KeyboardInterrupt (`Interrupted` for SIGTERM under `main`) stops the running lesson's processes,
     records it as `interrupted` and propagates; the lessons after it do not run.
@@ -219,6 +222,8 @@ def run_lessons(ids: Sequence[str] = (), preset: str = "auto", out: Path | None 
                                            timeout, html_export)
             running = None
             results.append(result)
+            if after_each:
+                after_each(result)
             peak = f"{result.peak_mb:.0f} MB" if result.peak_mb else "?"
             echo(f"[{lesson.stem}] {result.status} in {result.wall_s:.0f} s, peak {peak}"
                  + (f"\n    {result.error}" if result.error else ""))
@@ -387,7 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bench import bench
             with signals_interrupt():
                 try:
-                    summary = bench(args.ids, args.preset, args.out, args.against)
+                    summary = bench(args.ids, args.preset, args.out, args.against,
+                                    params={k: parse_value(v) for k, v in args.param})
                 except Interrupted as exc:
                     print(f"bench stopped by {exc}", file=sys.stderr)
                     return 128 + exc.signum
@@ -406,6 +412,8 @@ def _lesson_selection(parser: argparse.ArgumentParser, preset: str, out_help: st
     parser.add_argument("ids", nargs="*", help="lesson ids (e.g. 0 3 or 03_lr_finder); default: all")
     parser.add_argument("--preset", default=preset, choices=PRESETS)
     parser.add_argument("--out", type=Path, default=None, help=out_help)
+    parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="set a notebook parameter, e.g. -p dataset dtd10 (see `lessons list -v`)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -420,8 +428,6 @@ def _parser() -> argparse.ArgumentParser:
     run = verbs.add_parser("run", help="execute lessons headless into a run folder")
     _lesson_selection(run, "auto", "run folder (default runs/<timestamp>)")
     run.add_argument("--force", action="store_true", help="run into an --out folder that already holds a run")
-    run.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                     help="set a notebook parameter, e.g. -p dataset dtd10 (see `lessons list -v`)")
     run.add_argument("--timeout", type=float, default=None, help="seconds allowed per cell")
     run.add_argument("--no-html", action="store_true", help="skip the HTML export")
     bench = sub.add_parser("bench", help="run the lessons twice (empty cache, then filled) and time them")

@@ -658,16 +658,18 @@ def dataloaders(dataset: str | os.PathLike | Splits = "hymenoptera", image_size:
 
 
 def shrunk_array(source: ImageList, i: int, short_side: int) -> np.ndarray:
-    """Image `i` as uint8 H x W x 3, shrunk (never enlarged) so its shorter side is `short_side`."""
+    """Image `i` as uint8 H x W x 3, shrunk (never enlarged) so its shorter side is `short_side`.
+
+    The shrink is `eval_transform`'s own resize (torchvision, on the uint8 tensor), so the evaluation view of a
+    shrunk image equals the one of the file, bit for bit: cached and uncached features are the same.
+    """
     img = source.image(i)
-    if min(img.size) > short_side:   # the long side as torchvision's Resize computes it (truncated)
-        long_side = int(short_side * max(img.size) / min(img.size))
-        size = (short_side, long_side) if img.width <= img.height else (long_side, short_side)
-        img = img.resize(size, Image.BILINEAR, reducing_gap=None)
-    return np.asarray(img)
+    if min(img.size) <= short_side:
+        return np.asarray(img)
+    return T.Resize(short_side, antialias=True)(T.ToImage()(img)).permute(1, 2, 0).numpy()
 
 
-IN_MEMORY_RULE = "PIL decode at decode_size=short_side, RGB, shorter side to short_side, bilinear, reducing_gap=None"
+IN_MEMORY_RULE = "PIL decode (draft) at short_side, RGB, torchvision v2 Resize(short_side, antialias) on uint8 tensors"
 
 
 def in_memory(images: ImageList, short_side: int, cache: bool | str | os.PathLike = True) -> ImageList:

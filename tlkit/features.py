@@ -247,12 +247,13 @@ def precompute_splits(net: nn.Module, splits: data.Splits, image_size: int, frac
     """Training and validation features of `net`'s frozen body, both under the deterministic eval view.
 
     The step every head-on-features lesson starts with; `fraction` keeps a seeded, stratified share of the
-    training images, as `data.dataloaders` does.
+    training images, as `data.dataloaders` does. The images go through `data.in_memory`, the decode a `Task`
+    uses, so lessons at the same size share one decoded-image entry and one feature entry.
     """
     train = splits.train if fraction == 1 else splits.train.subset(float(fraction), seed)
-    view, decode = data.eval_transform(image_size, net.norm), data.decode_size(image_size)
-    return (precompute(net, train.with_transform(view, decode), **precompute_kwargs),
-            precompute(net, splits.val.with_transform(view, decode), **precompute_kwargs))
+    view, short_side = data.eval_transform(image_size, net.norm), data.eval_resize(image_size)
+    return (precompute(net, data.in_memory(train, short_side).with_transform(view), **precompute_kwargs),
+            precompute(net, data.in_memory(splits.val, short_side).with_transform(view), **precompute_kwargs))
 
 
 def attach_head(net: nn.Module, head: nn.Module) -> nn.Module:
