@@ -74,8 +74,8 @@ def test_slowest_cells_rank_the_code_cells_of_every_notebook_by_papermills_durat
 @pytest.mark.notebook
 def test_bench_runs_cold_then_warm_in_its_own_cache_and_compares_with_a_previous_run(tmp_path):
     env = dict(os.environ, TLKIT_CACHE=str(tmp_path / "users_cache"), TLKIT_PROGRESS="0")
-    first = subprocess.run([sys.executable, "-m", "tlkit", "bench", "00", "--out", str(tmp_path / "b1"), "-p", "n_images", "4"],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    first = subprocess.run([sys.executable, "-m", "tlkit", "bench", "00", "--out", str(tmp_path / "b1"),
+                            "-p", "n_images", "4"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     summary = json.loads((tmp_path / "b1" / "bench.json").read_text())
     assert summary["params"] == {"n_images": "4"}

@@ -32,10 +32,10 @@ from .validate import check_fraction, check_positive_int
 
 __all__ = ["DataCopy", "DataLoaders", "DatasetInfo", "ImageList", "ScanResult", "Splits", "at_most_indices",
            "available_datasets", "cache_dir", "check_image", "dataloaders", "decode_size", "denormalize",
-           "eval_resize", "eval_transform", "get_splits", "shrunk_array", "IN_MEMORY_RULE", "largest_image_size", "load_rgb", "locate",
-           "make_loader", "offline", "pack_index", "resolve", "scan_folder", "search_places",
+           "eval_resize", "eval_transform", "get_splits", "largest_image_size", "load_rgb", "locate",
+           "make_loader", "offline", "pack_index", "resolve", "scan_folder", "search_places", "shrunk_array",
            "size_at_hand", "stratified_indices", "stratified_split", "train_transform", "CROP_FRACTION",
-           "DEFAULT_NORM", "IMAGE_FORMATS", "IMAGE_SUFFIXES", "PACK_ROOT", "REGISTRY", "in_memory"]
+           "DEFAULT_NORM", "IMAGE_FORMATS", "IMAGE_SUFFIXES", "IN_MEMORY_RULE", "PACK_ROOT", "REGISTRY", "in_memory"]
 
 IMAGE_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "PPM", "MPO"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
