@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from . import image_cache
 from .errors import ParameterError
 from .cli import REPO, LessonResult, run_lessons
 
@@ -43,7 +44,8 @@ def cache_at(path: Path) -> Iterator[None]:
 
 def cache_entries(cache: Path) -> set[str]:
     """The finished entries of a tlkit cache: decoded-image folders and feature files (temporary ones excluded)."""
-    decoded = {f"decoded/{p.name}" for p in (Path(cache) / "decoded").glob("*") if p.is_dir() and p.name[0] != "."}
+    decoded = {f"decoded/{p.name}" for p in (Path(cache) / image_cache.FOLDER).glob("*")
+               if p.is_dir() and p.name[0] != "."}
     feats = {f"features/{p.name}" for p in (Path(cache) / "features").glob("*.pt") if p.name[0] != "."}
     return decoded | feats
 

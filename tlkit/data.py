@@ -33,9 +33,9 @@ from .validate import check_fraction, check_positive_int
 __all__ = ["DataCopy", "DataLoaders", "DatasetInfo", "ImageList", "ScanResult", "Splits", "at_most_indices",
            "available_datasets", "cache_dir", "check_image", "dataloaders", "decode_size", "denormalize",
            "eval_resize", "eval_transform", "get_splits", "largest_image_size", "load_rgb", "locate",
-           "make_loader", "offline", "pack_index", "resolve", "scan_folder", "search_places", "shrunk_array",
+           "make_loader", "offline", "pack_index", "resolve", "scan_folder", "search_places",
            "size_at_hand", "stratified_indices", "stratified_split", "train_transform", "CROP_FRACTION",
-           "DEFAULT_NORM", "IMAGE_FORMATS", "IMAGE_SUFFIXES", "IN_MEMORY_RULE", "PACK_ROOT", "REGISTRY", "in_memory"]
+           "DEFAULT_NORM", "IMAGE_FORMATS", "IMAGE_SUFFIXES", "PACK_ROOT", "REGISTRY", "in_memory"]
 
 IMAGE_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "PPM", "MPO"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
@@ -657,7 +657,7 @@ def dataloaders(dataset: str | os.PathLike | Splits = "hymenoptera", image_size:
                        splits.classes, splits)
 
 
-def shrunk_array(source: ImageList, i: int, short_side: int) -> np.ndarray:
+def _shrunk_array(source: ImageList, i: int, short_side: int) -> np.ndarray:
     """Image `i` as uint8 H x W x 3, shrunk (never enlarged) so its shorter side is `short_side`.
 
     The shrink is `eval_transform`'s own resize (torchvision, on the uint8 tensor), so the evaluation view of a
@@ -669,7 +669,7 @@ def shrunk_array(source: ImageList, i: int, short_side: int) -> np.ndarray:
     return T.Resize(short_side, antialias=True)(T.ToImage()(img)).permute(1, 2, 0).numpy()
 
 
-IN_MEMORY_RULE = "PIL decode (draft) at short_side, RGB, torchvision v2 Resize(short_side, antialias) on uint8 tensors"
+_SHRINK_RULE = "PIL decode (draft) at short_side, RGB, torchvision v2 Resize(short_side, antialias) on uint8 tensors"
 
 
 def in_memory(images: ImageList, short_side: int, cache: bool | str | os.PathLike = True) -> ImageList:
@@ -685,9 +685,9 @@ def in_memory(images: ImageList, short_side: int, cache: bool | str | os.PathLik
 
     source = images.with_transform(None, decode_size=short_side)
     if cache is False or not any(isinstance(item, (str, os.PathLike)) for item in images.items):
-        return ImageList([shrunk_array(source, i, short_side) for i in range(len(source))],
+        return ImageList([_shrunk_array(source, i, short_side) for i in range(len(source))],
                          images.targets, images.classes)
-    root = Path(cache) if not isinstance(cache, bool) else cache_dir() / "decoded"
+    root = Path(cache) if not isinstance(cache, bool) else cache_dir() / image_cache.FOLDER
     try:
         root.mkdir(parents=True, exist_ok=True)
         usable = os.access(root, os.W_OK | os.X_OK)
@@ -696,8 +696,8 @@ def in_memory(images: ImageList, short_side: int, cache: bool | str | os.PathLik
     if not usable:
         warnings.warn(f"the decoded-image cache {root} is not writable: decoding in memory only", stacklevel=2)
         return in_memory(images, short_side, cache=False)
-    key = {"data": images.fingerprint(), "short_side": int(short_side), "rule": IN_MEMORY_RULE}
+    key = {"data": images.fingerprint(), "short_side": int(short_side), "rule": _SHRINK_RULE}
     arrays, _ = image_cache.cached_arrays(
-        key, len(source), lambda i: shrunk_array(source, i, short_side), root,
+        key, len(source), lambda i: _shrunk_array(source, i, short_side), root,
         progress=lambda it: progress(it, desc=f"decode {len(source)} images at {short_side} px", leave=False))
     return ImageList(arrays, images.targets, images.classes)

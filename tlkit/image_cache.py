@@ -22,8 +22,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "cached_arrays", "entry_digest", "file_lock", "load_entry", "write_entry"]
+__all__ = ["FOLDER", "FORMAT_VERSION", "cached_arrays", "entry_digest", "file_lock", "load_entry", "write_entry"]
 
+FOLDER = "decoded"   # the entries' folder inside the tlkit cache (`data.cache_dir()`)
 FORMAT_VERSION = 1
 _CHUNK = 1 << 24   # bytes hashed at a time
 
