@@ -146,8 +146,12 @@ def test_bottleneck_prose_reads_the_summary():
                   "memmap, head only": {"limited_by": "compute", "data_fraction": 0.1, "data_s_per_step": 0.002,
                                         "compute_s_per_step": 0.02}}
     assert "**was** the limit" in l07_precision.bottleneck_prose(data_bound)
-    compute_bound = {**data_bound, "JPEG, head only": {**data_bound["JPEG, head only"], "limited_by": "compute"}}
-    assert "limited by **compute**" in l07_precision.bottleneck_prose(compute_bound)
+    compute_bound = {**data_bound, "JPEG, head only": {"limited_by": "compute", "data_fraction": 0.26,
+                                                       "data_s_per_step": 0.011, "compute_s_per_step": 0.031}}
+    prose = l07_precision.bottleneck_prose(compute_bound)
+    assert "limited by **compute**" in prose
+    assert "waited for data 26% of the time, so a faster pipeline could save at most that share" in prose
+    assert "cut the wait from 11 ms to 2 ms per step" in prose
 
 
 def test_gradient_match_counts_entries():
