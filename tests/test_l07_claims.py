@@ -161,3 +161,11 @@ def test_gradient_match_counts_entries():
     b["grads"][0, 0] = 2.0
     assert l07_precision.gradient_match(a, b)["matches"] == 11
     assert l07_precision.gradient_match(a, {"grads": torch.ones(2, 4)})["matches"] == 0
+
+
+def test_the_fft_verdict_reads_as_fft_being_slower_and_follows_the_timings():
+    slow_fft = {3: {"fft": [0.014, 0.015, 0.013, 0.014, 0.016], "direct": [0.001, 0.0011, 0.001, 0.0009, 0.001]}}
+    v = l07_precision.verdict_fft(slow_fft)
+    assert v.verdict == "supported" and v.unit == "x slower with FFT" and 12 < v.effect * v.scale + v.offset < 16
+    fast_fft = {3: {"fft": slow_fft[3]["direct"], "direct": slow_fft[3]["fft"]}}
+    assert l07_precision.verdict_fft(fast_fft).verdict == "contradicted"

@@ -651,12 +651,13 @@ def verdict_small_kernels(times: dict[str, list[float]]):
 
 
 def verdict_fft(timings: dict, kernel: int = 3):
-    """Claim 26, 'FFT is hard in practice': the direct convolution's speed-up over the FFT at CNN-size kernels."""
+    """Claim 26, 'FFT is hard in practice': how many times slower the FFT is than the direct convolution at
+    CNN-size kernels."""
     from .. import claims
     t = timings[kernel]
     return claims.compare_speed(26, t["fft"], t["direct"],
                                 f"time of our FFT convolution over F.conv2d for a {kernel}x{kernel} kernel "
-                                "(positive: FFT loses where CNNs live)")
+                                "(positive: FFT loses where CNNs live)", unit="x slower with FFT")
 
 
 def gradient_match(ddp: dict, single: dict, rtol: float = 1e-4, atol: float = 1e-6) -> dict:
