@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -28,6 +29,14 @@ def pytest_configure(config):
     os.environ["TLKIT_OFFLINE"] = "1"
     os.environ.setdefault("MPLBACKEND", "Agg")
     LESSON_RUNS = LessonRuns(Path(tempfile.mkdtemp(prefix="tlkit-test-lessons-")), config.getoption("--preset"))
+
+
+def pytest_unconfigure(config):
+    """Delete the session's private cache (decoded images, features: hundreds of MB after the notebook
+    tests); the executed notebooks stay, for reading after a failure."""
+    cache = os.environ.get("TLKIT_CACHE", "")
+    if Path(cache).name.startswith("tlkit-test-cache-"):
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

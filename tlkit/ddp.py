@@ -104,7 +104,8 @@ def run_two_processes(out: str | Path, batch_per_process: int = 16, world: int =
     out.mkdir(parents=True, exist_ok=True)
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "TLKIT_PROGRESS": "0"}
+           "OMP_NUM_THREADS": "1", "TLKIT_PROGRESS": "0",
+           "TMPDIR": str(out)}   # torchrun's own log folders land in `out`, not one more leftover in /tmp
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(world),
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "tlkit.ddp", str(out),
            str(batch_per_process)]
