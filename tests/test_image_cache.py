@@ -76,6 +76,26 @@ def test_cached_pixels_equal_a_fresh_decode_and_the_second_run_reads_them_back(t
         assert np.array_equal(second.with_transform(tf)[i][0].numpy(), from_files[i][0].numpy())
 
 
+def test_a_cached_list_is_named_by_its_entry_not_by_reading_its_pixels(tmp_path, monkeypatch):
+    images = jpeg_folder(tmp_path / "photos")
+    built = data.in_memory(images, 64, cache=tmp_path / "cache")
+    served = data.in_memory(images, 64, cache=tmp_path / "cache")
+    other_size = data.in_memory(images, 48, cache=tmp_path / "cache")
+    assert built.fingerprint() == served.fingerprint() != other_size.fingerprint()
+    assert served.with_transform(data.eval_transform(56)).fingerprint() == served.fingerprint()
+    relabelled = data.in_memory(data.ImageList(images.items, [1 - t for t in images.targets], images.classes), 64,
+                                cache=tmp_path / "cache")
+    assert relabelled.fingerprint() != served.fingerprint()
+    # a part of the list holds other pixels: it is hashed byte by byte, like any list of arrays
+    part = served.take([0, 2])
+    assert part.source_digest is None
+    assert part.fingerprint() == data.ImageList([np.array(a) for a in part.items], part.targets, part.classes).fingerprint()
+    # naming the list reads no pixel: the memmaps' bytes are never asked for
+    assert isinstance(served.items[0], np.memmap)
+    monkeypatch.setattr(np.memmap, "tobytes", lambda self, *a: pytest.fail("fingerprint read the pixels"))
+    served.fingerprint()
+
+
 def test_a_cache_hit_decodes_nothing(tmp_path):
     arrays = [np.full((3 + i, 5, 3), i, np.uint8) for i in range(6)]
     decode = CountingDecode(arrays)

@@ -349,6 +349,7 @@ class ImageList(Dataset):
         self.classes = list(classes)
         self.transform = transform
         self.decode_size = decode_size
+        self.source_digest: str | None = None   # set by `in_memory`: names the pixels without reading them
 
     def __len__(self) -> int:
         return len(self.items)
@@ -371,6 +372,8 @@ class ImageList(Dataset):
         idx = range(len(self)) if idx is None else idx
         new = ImageList([self.items[i] for i in idx], [self.targets[i] for i in idx], self.classes,
                         self.transform, self.decode_size)
+        if isinstance(idx, range) and idx == range(len(self)):   # the same pixels: the same name
+            new.source_digest = self.source_digest
         for k, v in changes.items():
             setattr(new, k, v)
         return new
@@ -393,8 +396,15 @@ class ImageList(Dataset):
         return {c: counts.get(i, 0) for i, c in enumerate(self.classes)}
 
     def fingerprint(self) -> str:
-        """A short digest of which files/labels this list holds (used by feature caches)."""
+        """A short digest of which files/labels this list holds (used by feature caches).
+
+        Arrays are hashed byte by byte, unless `in_memory` named their source: then the name stands for
+        them, so a feature-cache hit does not page in every pixel of a memory-mapped entry.
+        """
         h = hashlib.sha256()
+        if self.source_digest is not None:
+            h.update(f"decoded:{self.source_digest}|{self.targets}".encode())
+            return h.hexdigest()[:16]
         for item, t in zip(self.items, self.targets):
             if isinstance(item, np.ndarray):
                 h.update(item.tobytes())
@@ -700,4 +710,6 @@ def in_memory(images: ImageList, short_side: int, cache: bool | str | os.PathLik
     arrays, _ = image_cache.cached_arrays(
         key, len(source), lambda i: _shrunk_array(source, i, short_side), root,
         progress=lambda it: progress(it, desc=f"decode {len(source)} images at {short_side} px", leave=False))
-    return ImageList(arrays, images.targets, images.classes)
+    decoded = ImageList(arrays, images.targets, images.classes)
+    decoded.source_digest = image_cache.entry_digest(key)   # the entry's key covers the files and the decode
+    return decoded
