@@ -108,28 +108,60 @@ def test_probe_written_into_the_head_predicts_as_scikit_learn(tmp_path):
     assert r.plan == [("probe", {"C": C, "as_head": True})]
 
 
-def test_confusion_verdict_counts_errors_in_the_pair_the_other_split_names():
-    k = 3
-    classes = ["a", "b", "c"]
+def _one_hot_split(k, errors, right=10):
+    """Targets and one-hot predictions: `right` correct per class, then (actual, predicted) errors."""
+    t = [c for c in range(k) for _ in range(right)] + [a for a, _ in errors]
+    p = [c for c in range(k) for _ in range(right)] + [q for _, q in errors]
+    return np.array(t), np.eye(k)[p]
 
-    def split(errors):   # one-hot predictions: 10 right per class, then (actual, predicted) errors
-        t = [c for c in range(k) for _ in range(10)] + [a for a, _ in errors]
-        p = [c for c in range(k) for _ in range(10)] + [q for _, q in errors]
-        return np.array(t), np.eye(k)[p]
 
-    vt, vp = split([(0, 1)] * 4 + [(2, 1)])
-    tt, tp = split([(0, 1)] * 3 + [(1, 2), (2, 0)])
+def test_confusion_verdict_counts_errors_in_the_pairs_the_other_split_names():
+    classes = ["a", "b", "c"]     # 6 ordered pairs: each split names half of them, 3
+    vt, vp = _one_hot_split(3, [(0, 1)] * 4 + [(2, 1)])
+    tt, tp = _one_hot_split(3, [(0, 1)] * 3 + [(1, 2), (2, 0)])
     out = recipe.verdict_confusion(vt, vp, tt, tp, classes)
-    # validation names a -> b: 3 of the 5 test errors; test names a -> b: 4 of the 5 validation errors
-    assert out["pairs"] == {"named by validation": "a -> b", "named by test": "a -> b"}
-    assert (out["hits"], out["errors"]) == (7, 10)
+    # validation names a->b (4), c->b (1), then a->c (no errors: ties broken by pair order);
+    # test names a->b (3), b->c (1), c->a (1)
+    assert out["pairs"] == {"named by validation": ["a -> b", "c -> b", "a -> c"],
+                            "named by test": ["a -> b", "b -> c", "c -> a"]}
+    # 3 of the 5 test errors fall in validation's pairs, 4 of the 5 validation errors in test's
+    assert (out["hits"], out["errors"], out["bar"]) == (7, 10, pytest.approx(3 / 6))
     share, lo, hi = metrics.proportion_interval(7, 10)
     v = out["verdict"]
     assert v.id == 23 and v.n == 10
-    assert (v.effect, *v.ci) == pytest.approx((share - 1 / 6, lo - 1 / 6, hi - 1 / 6))
+    assert (v.effect, *v.ci) == pytest.approx((share - 0.5, lo - 0.5, hi - 0.5))
     # one error cannot show a pattern: no verdict
-    none = recipe.verdict_confusion(*split([(0, 1)]), *split([]), classes)
+    none = recipe.verdict_confusion(*_one_hot_split(3, [(0, 1)]), *_one_hot_split(3, []), classes)
     assert none["verdict"] is None and none["errors"] == 1
+
+
+@pytest.mark.parametrize("k, named, bar", [(2, 1, 1 / 2), (5, 10, 10 / 20), (6, 10, 10 / 30), (10, 10, 10 / 90)])
+def test_a_matrix_names_ten_pairs_at_most_half_of_them(k, named, bar):
+    classes = [f"c{i}" for i in range(k)]
+    t, p = _one_hot_split(k, [(0, 1), (1, 0)])
+    out = recipe.verdict_confusion(t, p, t, p, classes, names=("half A", "half B"))
+    assert out["bar"] == pytest.approx(bar)
+    assert len(out["pairs"]["named by half A"]) == named
+    # errors a->b and b->a on both halves: with one named pair only one of them is in it
+    assert (out["hits"], out["errors"]) == (4 if named > 1 else 2, 4)
+    assert "half A names them for the half B errors" in out["verdict"].what
+
+
+def test_many_class_confusion_finds_the_two_classes_that_look_alike(tmp_path):
+    # classes 0 and 3 share a colour channel (c % 3) and are otherwise the same noise: only they get mixed up
+    root = _folder(tmp_path / "f", per_class=20, n_classes=4)
+    out = recipe.many_class_confusion(str(root), image_size=SIZE, seed=0, folds=4)
+    assert len(out["targets"]) == len(out["probs"]) == 80 and out["classes"] == [f"class{c}" for c in range(4)]
+    assert out["pairs"]["named by half A"][0] in ("class0 -> class3", "class3 -> class0")
+    v = out["verdict"]
+    assert out["errors"] >= 10 and v.verdict == "supported"
+    assert v.ci[0] > 0 and out["bar"] == pytest.approx(6 / 12)
+
+
+def test_many_class_confusion_refuses_two_classes(tmp_path):
+    root = _folder(tmp_path / "f", per_class=6, n_classes=2)
+    with pytest.raises(ValueError, match="at least 3 classes"):
+        recipe.many_class_confusion(str(root), image_size=SIZE, seed=0)
 
 
 def test_confusion_pairs_rank_by_probability_when_there_are_no_errors():

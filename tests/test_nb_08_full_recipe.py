@@ -48,6 +48,8 @@ def test_the_lesson_records_verdicts_for_its_claims(lesson_metrics):
     found = recorded_claims(m, [23, 24])
     assert found[24]["n"] == m["n_test"] and "training + validation" in found[24]["what"]
     assert found[23]["n"] == m["confusion_errors"]
+    # two classes give one pair each way: the claim is measured on the many-class default, dtd10's 90 pairs
+    assert m["confusion_dataset"] == "dtd10" and "90 ordered pairs of 10 classes" in found[23]["what"]
 
 
 def test_fine_tuning_rate_stays_below_the_heads(lesson_metrics):
@@ -111,9 +113,20 @@ def test_the_notebook_runs_unchanged_on_other_data(dataset, tmp_path):
     assert (tmp_path / "model.pt").exists()
     # claim 23 needs at least two errors to count; claim 24 is always measured
     recorded_claims(m, [23, 24] if m["confusion_errors"] >= 2 else [24])
+    # a dataset with 10 classes is its own confusion check; the two-class folder borrows dtd10
+    assert m["confusion_dataset"] == ("dtd10" if user else dataset) and (m["n_classes"] == 10) != user
     if dataset == "dtd10":
         text = (tmp_path / result.notebook).read_text()
         assert "image_size 192 -> 139" in text and "time budget 15 s" in text
         assert m["n_train_body"] <= m["n_train_used"] <= m["n_train_available"]
     if user:  # the broken file and the stray note are skipped, and the learner is told which
         assert "truncated.jpg (corrupt" in (tmp_path / result.notebook).read_text() and m["n_classes"] == 2
+
+
+def test_a_wrong_confusion_dataset_fails_before_any_training(tmp_path):
+    params = {"preset": "quick", "image_size": 64, "max_train": 40, "max_val": 20, "max_test": 20,
+              "confusion_dataset": "no_such_dataset"}
+    (lesson,) = select(["08"], list_lessons())
+    result = execute_in_subprocess(lesson, tmp_path, params, None, False)
+    assert result.status == "failed" and "'no_such_dataset' is neither a registry name" in result.error
+    assert "recorded head_lr" not in (tmp_path / result.notebook).read_text()   # it stopped in section 1
