@@ -67,3 +67,14 @@ def test_ddp_equals_one_process_with_the_global_batch(ddp_results, one_process):
     # and the comparison is sensitive: training with the per-process batch ends elsewhere
     local = one_process[LOCAL_BATCH]["state"]
     assert max((local[k] - single[k]).abs().max().item() for k in single) > 1e-3
+
+
+def test_the_lessons_launcher_keeps_torchruns_own_files_in_its_folder(tmp_path):
+    """`tlkit.ddp.run_two_processes` (lesson 07): two ranks come back, and torchrun's log folders are made
+    inside the folder the caller deletes, not left behind in /tmp."""
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("this torch build has no gloo backend")
+    from tlkit import ddp
+    results = ddp.run_two_processes(tmp_path, batch_per_process=4)
+    assert len(results) == 2
+    assert list(tmp_path.glob("torchelastic_*")), sorted(p.name for p in tmp_path.iterdir())
