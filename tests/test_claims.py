@@ -184,3 +184,15 @@ def test_a_settled_verdict_on_few_runs_is_called_provisional():
     assert claims.compare_accuracy(7, rows, rows * 0, "x").runs == 2
     assert claims.weakest_part(6, {"a": claims.judge(6, 0.1, (0.05, 0.15), 50, "a", runs=3),
                                    "b": claims.judge(6, 0.2, (0.1, 0.3), 50, "b", runs=3)}).runs == 3
+
+
+def test_a_loss_verdict_is_the_other_loss_minus_this_one_and_shows_small_values_in_three_decimals():
+    rng = np.random.default_rng(0)
+    other = rng.exponential(0.4, 300)
+    better = other - 0.03 + rng.normal(0, 0.01, 300)          # 0.03 nats less on every image, give or take
+    v = claims.compare_loss(21, better, other, "x")
+    assert v.effect == pytest.approx(float(np.mean(other - better))) and v.verdict == SUPPORTED and v.n == 300
+    assert v.ci[0] < 0.03 < v.ci[1]
+    assert f"**{v.effect:+.3f} nats of log-loss**" in v.sentence()
+    assert claims.compare_loss(21, other, better, "x").verdict == CONTRADICTED
+    assert claims.accuracy_aside([1, 1, 0, 1], [1, 0, 0, 1]).startswith("accuracy +25.0 points (95 % interval")

@@ -169,12 +169,15 @@ def test_confusion_pairs_rank_by_probability_when_there_are_no_errors():
     assert recipe.confusion_pairs([0, 0, 1], probs, 3)[0] == (0, 2)
 
 
-def test_retrain_verdict_is_the_paired_difference():
-    retrained = np.array([1, 1, 1, 0, 1, 1, 1, 1])
-    train_only = np.array([1, 0, 1, 0, 1, 1, 0, 1])
-    v = recipe.verdict_retrain(retrained, train_only, 100, 150)
-    assert v.id == 24 and v.n == 8 and v.effect == pytest.approx(2 / 8)
-    assert "(150" in v.what and "(100)" in v.what
+def test_retrain_verdict_is_the_test_log_loss_saved_paired_over_images():
+    targets = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    train_only = torch.tensor([[0.6, 0.4], [0.3, 0.7], [0.4, 0.6], [0.5, 0.5]] * 2)
+    retrained = torch.tensor([[0.8, 0.2], [0.2, 0.8], [0.6, 0.4], [0.4, 0.6]] * 2)
+    v = recipe.verdict_retrain(retrained, train_only, targets, 100, 150)
+    saved = np.mean([np.log(0.8 / 0.6), np.log(0.8 / 0.7), np.log(0.6 / 0.4), np.log(0.6 / 0.5)])
+    assert v.id == 24 and v.n == 8 and v.effect == pytest.approx(saved, rel=1e-5)
+    assert "(150" in v.what and "(100)" in v.what and "accuracy +50.0 points" in v.what
+    assert v.unit == "nats of log-loss"
 
 
 def test_a_step_is_kept_when_its_net_gain_is_more_than_one_standard_error():

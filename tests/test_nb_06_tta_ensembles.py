@@ -12,6 +12,9 @@ def test_claims_20_to_22_are_recorded(lesson_metrics):
     m = lesson_metrics("06")
     verdicts = recorded_claims(m, [20, 21, 22])
     assert verdicts[21]["n"] == verdicts[22]["n"] == m["n_val"]
+    # TTA is judged by the log-loss it saves over the plain centre crop, on the same images as the table
+    assert verdicts[21]["effect"] == pytest.approx(m["loss_single"] - m["loss_tencrop_tta"], abs=1e-5)
+    assert verdicts[22]["effect"] == pytest.approx(m["loss_single"] - m["loss_aug_tta"], abs=1e-5)
     members = m["members_table"]
     assert verdicts[20]["n"] >= 500                   # digits, half held out: ~900 validation images
     # the recorded gain is the M-member ensemble's accuracy minus the mean member's (same images)

@@ -170,16 +170,33 @@ def test_seconds_per_image_is_positive_and_restores_mode():
 
 # ---------------------------------------------------------------- verdicts and measured cost
 
-def test_verdict_tta_is_paired_over_images():
+def test_verdict_tta_is_the_log_loss_saved_paired_over_images():
     import torch
     targets = torch.zeros(400, dtype=torch.long)
     plain = torch.tensor([[0.9, 0.1]] * 300 + [[0.2, 0.8]] * 100)
     fixed = plain.clone()
     fixed[300:380] = torch.tensor([0.7, 0.3])                  # TTA fixes 80 of the 100 errors
     v = l06_tta_ensembles.verdict_tta(21, plain, fixed, targets, "ten-crop minus plain")
-    assert v.id == 21 and v.effect == pytest.approx(0.2) and v.verdict == "supported" and v.n == 400
+    saved = 80 / 400 * (math.log(1 / 0.2) - math.log(1 / 0.7))   # -log p(true class), before minus after
+    assert v.id == 21 and v.effect == pytest.approx(saved, rel=1e-5) and v.verdict == "supported" and v.n == 400
+    assert v.unit == "nats of log-loss" and "accuracy +20.0 points" in v.what
     assert l06_tta_ensembles.verdict_tta(22, fixed, plain, targets, "x").verdict == "contradicted"
-    assert metrics.correct(plain, targets).sum() == 300
+
+
+def test_a_tta_that_flips_no_image_is_still_judged_on_its_loss():
+    """Accuracy cannot see a gain in confidence; the per-image loss can, in either direction."""
+    import torch
+    torch.manual_seed(0)
+    targets = torch.randint(0, 3, (150,))
+    logits = torch.randn(150, 3) + 6.0 * torch.nn.functional.one_hot(targets, 3)
+    plain, sharper = logits.softmax(-1), (1.5 * logits).softmax(-1)    # same argmax, more mass on it
+    assert (plain.argmax(-1) == targets).all() and torch.equal(sharper.argmax(-1), plain.argmax(-1))
+    # with every image right, sharpening raises p(true class) on each: less loss on every image
+    expected = float((metrics.item_nll(plain, targets) - metrics.item_nll(sharper, targets)).mean())
+    v = l06_tta_ensembles.verdict_tta(22, plain, sharper, targets, "sharper minus plain")
+    assert v.effect == pytest.approx(expected, rel=1e-5) and expected > 0
+    assert v.verdict == "supported" and "accuracy +0.0 points" in v.what
+    assert l06_tta_ensembles.verdict_tta(22, sharper, plain, targets, "x").verdict == "contradicted"
 
 
 def test_cost_ratio_of_ten_views_is_about_ten():
