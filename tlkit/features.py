@@ -126,11 +126,12 @@ def transform_is_random(images: data.ImageList, index: int = 0) -> bool:
 @torch.no_grad()
 def compute_features(net: nn.Module, images: data.ImageList, batch_size: int = 64,
                      device: torch.device | str | None = None, progress: bool | None = None,
-                     num_workers: int = 0, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     num_workers: int = 0, channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Run `net.body` in eval mode over `images` once; returns (features [N, D] on CPU, labels [N]).
 
     Every module's train/eval flag is restored afterwards, so a half-frozen net keeps its modes.
-    `channels_last` feeds NHWC batches (faster convolutions; the same features up to rounding).
+    `channels_last` runs the body in NHWC layout (the same features up to rounding; EfficientNet-Lite0
+    at 112 px: about 1.5x faster on a 2-core CPU).
     """
     from .train import progress_enabled
     body = net.body
@@ -141,7 +142,7 @@ def compute_features(net: nn.Module, images: data.ImageList, batch_size: int = 6
     layout = torch.channels_last if channels_last else torch.contiguous_format
     with models.eval_mode(body):
         try:
-            body.to(device)
+            body.to(device, memory_format=layout)
             chunks = [body(x.to(device, memory_format=layout)).float().cpu()
                       for x, _ in progress_bar(loader, desc="precompute", disable=not show, leave=False)]
         finally:
@@ -151,7 +152,7 @@ def compute_features(net: nn.Module, images: data.ImageList, batch_size: int = 6
 
 def precompute(net: nn.Module, images: data.ImageList, cache_dir: str | os.PathLike | None = None,
                batch_size: int = 64, device: torch.device | str | None = None, progress: bool | None = None,
-               num_workers: int = 0, refresh: bool = False, channels_last: bool = False) -> FeatureSet:
+               num_workers: int = 0, refresh: bool = False, channels_last: bool = True) -> FeatureSet:
     """Features of `images` under the frozen `net.body`, read from the disk cache or computed once and saved.
 
     `images` must already carry the (deterministic) eval transform. A random transform triggers a

@@ -436,8 +436,9 @@ def _sweep_learner(model, train_loader, loss_fn, optimizer, group_lrs, device, p
     if train_loader is None:
         raise ValueError("lr_find needs a train_loader (or a Learner)")
     optimizer = optimizer if optimizer is not None else _default_optimizer(model)
+    # channels_last=False: a bare model comes back exactly as it was given, memory layout included
     return Learner(model, loaders, opt=lambda groups, wd: optimizer, wd=0.0, loss_fn=loss_fn or F.cross_entropy,
-                   device=device or next(model.parameters()).device, progress=progress)
+                   device=device or next(model.parameters()).device, channels_last=False, progress=progress)
 
 
 def lr_find(model, train_loader=None, loss_fn=None, optimizer=None, start_lr: float = 1e-7,

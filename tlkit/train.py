@@ -107,7 +107,7 @@ class Learner:
 
     def __init__(self, net: nn.Module, dls, opt: str | Callable = "adamw", wd: float = 1e-4,
                  loss_fn: Callable | None = None, device: torch.device | str | None = None,
-                 precision: str | None = None, channels_last: bool = False, progress: bool | None = None):
+                 precision: str | None = None, channels_last: bool = True, progress: bool | None = None):
         if isinstance(opt, str) and opt not in OPTIMIZERS:
             raise ValueError(f"opt={opt!r}: choose one of {sorted(OPTIMIZERS)} or pass a callable(groups, wd)")
         if precision not in (None, "fp32", "bf16", "fp16"):

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 from torch.utils import benchmark
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
@@ -144,22 +145,28 @@ def model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def predict_views(model: nn.Module, loader, device: torch.device | str | None = None,
-                  max_batch: int = 32, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                  max_batch: int = 32, progress: bool = False,
+                  channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits `[N, V, K]` and targets `[N]` (on the CPU) for a loader of view stacks `[B, V, C, H, W]`.
 
     A loader of plain batches `[B, C, H, W]` gives V = 1. The B * V views of a batch go through the
-    model in chunks of at most `max_batch` images (ten views multiply the activation memory by ten).
+    model in chunks of at most `max_batch` images (ten views multiply the activation memory by ten),
+    in NHWC layout with `channels_last` (the model is converted too: the same logits up to rounding, faster).
     """
     from .progress import progress as progress_bar
     check_positive_int("max_batch", max_batch, 32)
     device = torch.device(device) if device is not None else model_device(model)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    if not any(is_lazy(p) for p in model.parameters()):   # a lazy module gets its layout from its first input
+        model.to(memory_format=layout)
     outs, ys = [], []
     with eval_mode(model):
         for x, y in progress_bar(loader, desc="views", disable=not progress, leave=False):
             if x.dim() == 4:
                 x = x.unsqueeze(1)
             b, v = x.shape[:2]
-            logits = torch.cat([model(chunk.to(device)).float().cpu() for chunk in x.flatten(0, 1).split(max_batch)])
+            logits = torch.cat([model(chunk.to(device).contiguous(memory_format=layout)).float().cpu()
+                                for chunk in x.flatten(0, 1).split(max_batch)])
             outs.append(logits.view(b, v, -1))
             ys.append(torch.as_tensor(y))
     return torch.cat(outs), torch.cat(ys)
