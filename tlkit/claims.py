@@ -13,12 +13,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .metrics import mean_interval, paired_bootstrap, proportion_interval, ratio_interval
+from .metrics import correct, item_nll, mean_interval, paired_bootstrap, proportion_interval, ratio_interval
 from .record import RECORDED, record
 
 __all__ = ["CLAIMS", "Claim", "VERDICTS", "Verdict", "accuracy_aside", "compare_accuracy", "compare_loss",
-           "compare_seeds", "compare_speed", "judge", "ledger", "MIN_RUNS", "report", "share_above", "show_summary", "summary_table",
-           "verdict_cells", "verdict_of", "weakest_part", "CS231N", "FASTAI", "NG", "CONTRADICTED",
+           "compare_predictions", "compare_seeds", "compare_speed", "judge", "ledger", "MIN_RUNS", "report",
+           "share_above", "show_summary", "summary_table", "verdict_cells", "verdict_of", "weakest_part", "CS231N", "FASTAI", "NG", "CONTRADICTED",
            "NOT_SHOWN", "SUPPORTED"]
 
 SUPPORTED, NOT_SHOWN, CONTRADICTED = "supported", "not shown at this size", "contradicted"
@@ -201,6 +201,14 @@ def accuracy_aside(correct_a: Sequence, correct_b: Sequence, seed: int = 0) -> s
     """'accuracy +0.7 points (95 % interval -1.3 to +3.3)': A minus B on the same images, paired."""
     effect, low, high = paired_bootstrap(correct_a, correct_b, seed=seed)
     return f"accuracy {100 * effect:+.1f} points (95 % interval {100 * low:+.1f} to {100 * high:+.1f})"
+
+
+def compare_predictions(claim_id: int, probs_as_notes_say, probs_other, targets, what: str,
+                        seed: int = 0) -> Verdict:
+    """`compare_loss` on two models' probabilities `[N, K]` for the same images, their accuracy difference named in `what`."""
+    aside = accuracy_aside(correct(probs_as_notes_say, targets), correct(probs_other, targets), seed)
+    return compare_loss(claim_id, item_nll(probs_as_notes_say, targets).numpy(), item_nll(probs_other, targets).numpy(),
+                        f"{what} ({aside})", seed=seed)
 
 
 def share_above(claim_id: int, successes: int, n: int, bar: float, what: str) -> Verdict:

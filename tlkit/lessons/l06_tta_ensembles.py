@@ -77,9 +77,7 @@ def verdict_tta(claim_id: int, plain_probs: torch.Tensor, tta_probs: torch.Tenso
     Why the loss: TTA flips a handful of a hundred-odd validation images, so accuracy cannot resolve its
     "little" help; the per-image loss can. The accuracy difference, with its interval, is named in `what`.
     """
-    aside = claims.accuracy_aside(metrics.correct(tta_probs, targets), metrics.correct(plain_probs, targets), seed)
-    return claims.compare_loss(claim_id, metrics.item_nll(tta_probs, targets).numpy(),
-                               metrics.item_nll(plain_probs, targets).numpy(), f"{what} ({aside})", seed=seed)
+    return claims.compare_predictions(claim_id, tta_probs, plain_probs, targets, what, seed=seed)
 
 
 def plot_accuracy_vs_cost(table: pd.DataFrame, x: str = "ms_per_image", y: str = "acc", label: str = "method",

@@ -982,13 +982,11 @@ def verdict_retrain(retrained_probs, train_only_probs, targets, n_train: int, n_
     Why the loss: a few dozen test images move accuracy in steps of one or two points, while more data
     mostly shows as better-placed probabilities on every image.
     """
-    aside = claims.accuracy_aside(metrics.correct(retrained_probs, targets), metrics.correct(train_only_probs, targets),
-                                  seed)
-    return claims.compare_loss(
-        24, metrics.item_nll(retrained_probs, targets).numpy(), metrics.item_nll(train_only_probs, targets).numpy(),
+    return claims.compare_predictions(
+        24, retrained_probs, train_only_probs, targets,
         f"test log-loss of the recipe's model trained on the training images only ({n_train:,}) minus the recipe "
         f"retrained on training + validation images ({n_all:,}, the LRs, epochs and kept steps chosen on "
-        f"validation replayed), paired over the test images neither saw ({aside})", seed=seed)
+        f"validation replayed), paired over the test images neither saw", seed=seed)
 
 
 def image_size_table(images: data.ImageList, n: int = 200, seed: int = 0) -> pd.DataFrame:
