@@ -196,3 +196,20 @@ def test_a_loss_verdict_is_the_other_loss_minus_this_one_and_shows_small_values_
     assert f"**{v.effect:+.3f} nats of log-loss**" in v.sentence()
     assert claims.compare_loss(21, other, better, "x").verdict == CONTRADICTED
     assert claims.accuracy_aside([1, 1, 0, 1], [1, 0, 0, 1]).startswith("accuracy +25.0 points (95 % interval")
+
+
+def test_a_second_measure_is_shown_beside_the_verdict_and_kept_in_the_run_report():
+    rng = np.random.default_rng(1)
+    other = rng.exponential(0.4, 200)
+    loss_runs = np.stack([other - 0.05, other - 0.04])             # [runs, images]: two seeds, both better
+    v = claims.compare_loss(10, loss_runs, np.stack([other, other]), "gap",
+                            aside=claims.points_aside("the same gap in accuracy", 0.02, -0.01, 0.05))
+    assert v.runs == 2 and v.n == 200
+    assert v.sentence().split("→ ", 1)[1].startswith(f"**{v.verdict}**. Beside it, the same gap in accuracy "
+                                                     "+2.0 points (95 % interval -1.0 to +5.0).")
+    entry = v.record_entry()
+    assert entry["aside"] == v.aside and "(beside it, the same gap in accuracy +2.0" in claims.summary_table([entry])
+    assert "beside it" not in claims.summary_table([claims.judge(1, 0.3, (0.2, 0.4), 9, "x").record_entry()])
+    decided = claims.weakest_part(6, {"a": v, "b": claims.judge(10, 0.5, (0.4, 0.6), 200, "b", unit=v.unit,
+                                                                 scale=1.0)})
+    assert decided.aside == v.aside                                    # the deciding part keeps its aside

@@ -176,7 +176,7 @@ def test_retrain_verdict_is_the_test_log_loss_saved_paired_over_images():
     v = recipe.verdict_retrain(retrained, train_only, targets, 100, 150)
     saved = np.mean([np.log(0.8 / 0.6), np.log(0.8 / 0.7), np.log(0.6 / 0.4), np.log(0.6 / 0.5)])
     assert v.id == 24 and v.n == 8 and v.effect == pytest.approx(saved, rel=1e-5)
-    assert "(150" in v.what and "(100)" in v.what and "accuracy +50.0 points" in v.what
+    assert "(150" in v.what and "(100)" in v.what and v.aside.startswith("accuracy +50.0 points")
     assert v.unit == "nats of log-loss"
 
 

@@ -119,6 +119,10 @@ def test_save_load_roundtrip_and_preds(tmp_path):
     assert torch.allclose(p1.sum(1), torch.ones(len(p1)))
     ev = learn.evaluate()
     assert ev["acc"] == pytest.approx((p1.argmax(1) == y1).float().mean().item())
+    # per-item log-losses: minus the log of each item's probability for its class, averaging to the loss
+    expected = -p1.gather(1, y1[:, None]).log().squeeze(1)
+    assert learn.last_losses.shape == y1.shape and torch.allclose(learn.last_losses, expected, atol=1e-5)
+    assert ev["loss"] == pytest.approx(expected.mean().item(), abs=1e-5)
 
 
 def test_bf16_autocast_trains_on_cpu():

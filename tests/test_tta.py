@@ -179,7 +179,7 @@ def test_verdict_tta_is_the_log_loss_saved_paired_over_images():
     v = l06_tta_ensembles.verdict_tta(21, plain, fixed, targets, "ten-crop minus plain")
     saved = 80 / 400 * (math.log(1 / 0.2) - math.log(1 / 0.7))   # -log p(true class), before minus after
     assert v.id == 21 and v.effect == pytest.approx(saved, rel=1e-5) and v.verdict == "supported" and v.n == 400
-    assert v.unit == "nats of log-loss" and "accuracy +20.0 points" in v.what
+    assert v.unit == "nats of log-loss" and v.aside.startswith("accuracy +20.0 points")
     assert l06_tta_ensembles.verdict_tta(22, fixed, plain, targets, "x").verdict == "contradicted"
 
 
@@ -195,7 +195,7 @@ def test_a_tta_that_flips_no_image_is_still_judged_on_its_loss():
     expected = float((metrics.item_nll(plain, targets) - metrics.item_nll(sharper, targets)).mean())
     v = l06_tta_ensembles.verdict_tta(22, plain, sharper, targets, "sharper minus plain")
     assert v.effect == pytest.approx(expected, rel=1e-5) and expected > 0
-    assert v.verdict == "supported" and "accuracy +0.0 points" in v.what
+    assert v.verdict == "supported" and v.aside.startswith("accuracy +0.0 points")
     assert l06_tta_ensembles.verdict_tta(22, sharper, plain, targets, "x").verdict == "contradicted"
 
 

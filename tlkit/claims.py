@@ -17,9 +17,9 @@ from .metrics import correct, item_nll, mean_interval, paired_bootstrap, proport
 from .record import RECORDED, record
 
 __all__ = ["CLAIMS", "Claim", "VERDICTS", "Verdict", "accuracy_aside", "compare_accuracy", "compare_loss",
-           "compare_predictions", "compare_seeds", "compare_speed", "judge", "ledger", "MIN_RUNS", "report",
-           "share_above", "show_summary", "summary_table", "verdict_cells", "verdict_of", "weakest_part", "CS231N", "FASTAI", "NG", "CONTRADICTED",
-           "NOT_SHOWN", "SUPPORTED"]
+           "compare_predictions", "compare_seeds", "compare_speed", "judge", "ledger", "MIN_RUNS", "points_aside",
+           "report", "share_above", "show_summary", "summary_table", "verdict_cells", "verdict_of", "weakest_part",
+           "CS231N", "FASTAI", "NG", "CONTRADICTED", "NOT_SHOWN", "SUPPORTED"]
 
 SUPPORTED, NOT_SHOWN, CONTRADICTED = "supported", "not shown at this size", "contradicted"
 VERDICTS = (SUPPORTED, NOT_SHOWN, CONTRADICTED)
@@ -89,6 +89,7 @@ class Verdict:
     scale: float = 100.0     # the prose shows effect * scale + offset (accuracy fractions as points)
     offset: float = 0.0      # e.g. 1 for a speed-up, whose effect is `speed-up - 1`
     runs: int = 0            # training runs per setting behind the interval (0: not a repeated-run measurement)
+    aside: str = ""          # a second measure of the same comparison, shown beside the verdict (e.g. accuracy)
 
     def record_entry(self) -> dict:
         """The run report's contract: id, verdict, effect, ci, n, what (plus unit and scale for display)."""
@@ -146,6 +147,8 @@ class Verdict:
         text = (f"**Claim {self.id}** — *{claim.text}* ({claim.source}). In this run, {self.what}: "
                 f"**{self.shown(self.effect)} {self.unit}** (95 % interval {self.shown(lo)} to {self.shown(hi)}, "
                 f"n = {self.n:,}) → **{self.verdict}**.")
+        if self.aside:
+            text += f" Beside it, {self.aside}."
         if self.verdict == NOT_SHOWN:
             text += " " + self.settle_size()
         elif self.fragile():
@@ -165,13 +168,13 @@ def verdict_of(low: float, high: float) -> str:
 
 
 def judge(claim_id: int, effect: float, ci: Sequence[float], n: int, what: str, unit: str = "points",
-          scale: float = 100.0, offset: float = 0.0, runs: int = 0) -> Verdict:
+          scale: float = 100.0, offset: float = 0.0, runs: int = 0, aside: str = "") -> Verdict:
     """A verdict from an effect and its interval, both signed in the claim's direction."""
     if claim_id not in CLAIMS:
         raise KeyError(f"no claim {claim_id}; the registry has 1..{max(CLAIMS)}")
     low, high = float(ci[0]), float(ci[1])
     return Verdict(claim_id, verdict_of(low, high), float(effect), (low, high), int(n), what, unit, scale, offset,
-                   int(runs))
+                   int(runs), aside)
 
 
 def compare_accuracy(claim_id: int, correct_as_notes_say: Sequence, correct_other: Sequence, what: str,
@@ -186,29 +189,36 @@ def compare_accuracy(claim_id: int, correct_as_notes_say: Sequence, correct_othe
 
 
 def compare_loss(claim_id: int, loss_as_notes_say: Sequence, loss_other: Sequence, what: str,
-                 seed: int = 0) -> Verdict:
+                 seed: int = 0, aside: str = "") -> Verdict:
     """Verdict on 'A predicts better than B' from per-image log-losses on the same images: B's minus A's.
 
     Why a loss: it scores the probability given to every image's class, not only which class wins, so it
     resolves a gain of a fraction of a point that accuracy, moving in steps of one image, cannot resolve
-    on a hundred-odd images. The interval is a paired bootstrap over the images.
+    on a hundred-odd images. The interval is a paired bootstrap over the images; `[runs, images]` arrays
+    (one row per training seed) resample the runs too and count them in `runs`.
     """
     effect, low, high = paired_bootstrap(loss_other, loss_as_notes_say, seed=seed)
-    return judge(claim_id, effect, (low, high), np.shape(loss_other)[-1], what, unit="nats of log-loss", scale=1.0)
+    shape = np.shape(loss_other)
+    return judge(claim_id, effect, (low, high), shape[-1], what, unit="nats of log-loss", scale=1.0,
+                 runs=shape[0] if len(shape) == 2 else 0, aside=aside)
 
 
-def accuracy_aside(correct_a: Sequence, correct_b: Sequence, seed: int = 0) -> str:
+def points_aside(label: str, effect: float, low: float, high: float) -> str:
+    """'accuracy +0.7 points (95 % interval -1.3 to +3.3)' from a difference of fractions and its interval."""
+    return f"{label} {100 * effect:+.1f} points (95 % interval {100 * low:+.1f} to {100 * high:+.1f})"
+
+
+def accuracy_aside(correct_a: Sequence, correct_b: Sequence, seed: int = 0, label: str = "accuracy") -> str:
     """'accuracy +0.7 points (95 % interval -1.3 to +3.3)': A minus B on the same images, paired."""
-    effect, low, high = paired_bootstrap(correct_a, correct_b, seed=seed)
-    return f"accuracy {100 * effect:+.1f} points (95 % interval {100 * low:+.1f} to {100 * high:+.1f})"
+    return points_aside(label, *paired_bootstrap(correct_a, correct_b, seed=seed))
 
 
 def compare_predictions(claim_id: int, probs_as_notes_say, probs_other, targets, what: str,
                         seed: int = 0) -> Verdict:
-    """`compare_loss` on two models' probabilities `[N, K]` for the same images, their accuracy difference named in `what`."""
+    """`compare_loss` on two models' probabilities `[N, K]` for the same images, their accuracy difference aside."""
     aside = accuracy_aside(correct(probs_as_notes_say, targets), correct(probs_other, targets), seed)
     return compare_loss(claim_id, item_nll(probs_as_notes_say, targets).numpy(), item_nll(probs_other, targets).numpy(),
-                        f"{what} ({aside})", seed=seed)
+                        what, seed=seed, aside=aside)
 
 
 def share_above(claim_id: int, successes: int, n: int, bar: float, what: str) -> Verdict:
@@ -246,7 +256,7 @@ def weakest_part(claim_id: int, parts: dict, claim_word: str = "parts") -> Verdi
                        for n, o in parts.items() if n != name)
     what = (f"{v.what} (the weakest of the claim's {len(parts)} {claim_word} decides; "
             f"the other{'s' if len(parts) > 2 else ''}: {others})")
-    return judge(claim_id, v.effect, v.ci, v.n, what, v.unit, v.scale, v.offset, v.runs)
+    return judge(claim_id, v.effect, v.ci, v.n, what, v.unit, v.scale, v.offset, v.runs, v.aside)
 
 
 def _show(markdown: str) -> None:
@@ -275,7 +285,8 @@ def summary_table(entries: Sequence[dict]) -> str:
     lines = ["| claim | the notes say | measured | effect (95 % interval) | n | verdict |", "|---|---|---|---|---|---|"]
     for e in entries:
         v = Verdict(**{**e, "ci": tuple(e["ci"])})
-        lines.append(f"| {v.id} | {CLAIMS[v.id].text} | {v.what} | {v.shown(v.effect)} ({v.shown(v.ci[0])} to "
+        measured = f"{v.what} (beside it, {v.aside})" if v.aside else v.what
+        lines.append(f"| {v.id} | {CLAIMS[v.id].text} | {measured} | {v.shown(v.effect)} ({v.shown(v.ci[0])} to "
                      f"{v.shown(v.ci[1])}) {v.unit} | {v.n:,} | **{v.verdict}** |")
     return "\n".join(lines)
 

@@ -126,6 +126,7 @@ class Learner:
         self.opt: torch.optim.Optimizer | None = None
         self.epoch, self.step, self.last_loss = 0, 0, float("nan")
         self.last_correct: torch.Tensor | None = None
+        self.last_losses: torch.Tensor | None = None   # per-item cross-entropy of the last `evaluate`
         self.loss: torch.Tensor | None = None      # the current batch's loss (callbacks read it at after_loss)
         self.batch_requested_at = self.batch_ready_at = 0.0
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -377,11 +378,13 @@ class Learner:
     def evaluate(self, loader=None) -> dict:
         """Mean cross-entropy and accuracy on `loader` (default: validation).
 
-        `last_correct` keeps which items were right, so two models can be compared image by image.
+        `last_correct` keeps which items were right and `last_losses` each item's cross-entropy, so two
+        models can be compared image by image.
         """
         logits, y = self.get_logits(loader)
         self.last_correct = logits.argmax(1) == y
-        return {"loss": F.cross_entropy(logits, y).item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+        self.last_losses = F.cross_entropy(logits.float(), y, reduction="none")
+        return {"loss": self.last_losses.mean().item(), "acc": self.last_correct.float().mean().item()}
 
 
 def _is_main_process() -> bool:
