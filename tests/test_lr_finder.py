@@ -3,6 +3,7 @@ import copy
 import math
 import random
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from tlkit.lessons.l03_lr_finder import best_lr, lr_grid, plot_lr_grid
-from tlkit.lr_finder import LRFinderResult, lr_find, plot_lr_curves, smooth_losses, suggest, suggest_steep, suggest_valley
+from tlkit.lr_finder import (LRFinderResult, divergence_lr, lr_find, lr_from_finder, plot_lr_curves, smooth_losses,
+                             suggest, suggest_steep, suggest_valley)
 from tlkit.widgets import lr_finder_view as view
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tiny tensors: one thread is faster
@@ -509,6 +511,32 @@ def test_plot_of_several_sweeps_marks_each():
     plt.close("all")
 
 
+def test_plot_marks_a_rule_given_as_a_function_at_its_lr():
+    import matplotlib.pyplot as plt
+    r = curve_result(0.0)
+    broke = divergence_lr(r)
+    ax = plot_lr_curves({"a": r}, rule=divergence_lr)
+    marks = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert len(marks) == 1 and marks[0].get_xdata()[0] == pytest.approx(broke)
+    assert "a divergence: " in marks[0].get_label()
+    assert 0.1 < broke < 10          # the toy curve blows up towards lr = 1
+    plt.close("all")
+
+
+def test_suggestion_shifts_read_a_rule_given_as_a_function():
+    from tlkit.lessons.l03_lr_finder import suggestion_shifts
+    seen = []
+
+    def rule(result):      # 1e-3 for every "before" sweep, 1e-2 for every "after" one: one decade up
+        seen.append(result)
+        return 1e-3 if len(seen) % 2 else 1e-2
+
+    shifts, sweeps = suggestion_shifts(lambda s: tiny_learner(), lambda s: tiny_learner(), [0, 1], rule=rule,
+                                       num_it=8, warn=False)
+    assert [r for pair in sweeps.values() for r in (pair["before"], pair["after"])] == seen
+    assert shifts["decades"].tolist() == pytest.approx([1.0, 1.0])
+
+
 def seeded_tiny_learner(seed):
     """`tiny_learner` whose initial weights come from `seed` (what `rule_losses` expects from its factory)."""
     learn = tiny_learner()
@@ -568,3 +596,20 @@ def test_lr_find_sweeps_a_learner_in_its_own_precision_and_layout(precision, dty
     assert len(r.lrs) == 10 and r.weights_restored and len(probe.seen) == 10
     assert set(probe.seen) == {(dtype, True)}
     assert all(torch.equal(before[k], v) for k, v in probe.state_dict().items())
+
+
+def test_lr_from_finder_is_ten_times_below_where_the_loss_doubled():
+    lrs = np.geomspace(1e-5, 1, 11)
+    flat_then_up = np.array([0.30, 0.28, 0.25, 0.26, 0.24, 0.27, 0.40, 0.45, 0.9, 2.0, 5.0])
+    result = SimpleNamespace(lrs=lrs, smoothed=flat_then_up, stopped_early=True, lr=lambda rule: 3e-4)
+    assert divergence_lr(result) == lrs[8]  # 0.9 >= 2 x 0.24 is the first doubling
+    assert lr_from_finder(result) == pytest.approx(lrs[8] / 10)
+    assert lr_from_finder(result, rise=4) == pytest.approx(lrs[9] / 10)
+    calm = SimpleNamespace(lrs=lrs, smoothed=np.full(11, 0.3), stopped_early=False, lr=lambda rule: 3e-4)
+    assert divergence_lr(calm) is None and lr_from_finder(calm) == 3e-4
+    nan_end = SimpleNamespace(lrs=lrs[:4], smoothed=np.array([0.3, 0.3, 0.31, np.nan]), stopped_early=True,
+                              lr=lambda rule: None)
+    assert divergence_lr(nan_end) == lrs[3]
+    blip = SimpleNamespace(lrs=lrs, smoothed=np.array([0.2, 0.5, 0.21, 0.2, 0.2, 0.2, 0.25, 0.3, 0.9, 2.0, 5.0]),
+                           stopped_early=True, lr=lambda rule: None)
+    assert divergence_lr(blip) == lrs[8]      # the early one-step doubling recovered: not a divergence

@@ -41,6 +41,7 @@ def test_curves_before_and_after_unfreezing_were_measured(lesson_metrics):
     for key in ("frozen", "unfrozen"):
         assert math.isfinite(m[f"first_loss_{key}"])
         assert m[f"lr_valley_{key}"] is None or 1e-5 <= m[f"lr_valley_{key}"] <= 10
+        assert m[f"lr_divergence_{key}"] is None or 1e-5 <= m[f"lr_divergence_{key}"] <= 10
 
 
 def test_claims_12_and_13_are_recorded_over_repeated_runs(lesson_metrics):
@@ -48,9 +49,9 @@ def test_claims_12_and_13_are_recorded_over_repeated_runs(lesson_metrics):
     verdicts = recorded_claims(m, [12, 13])
     assert verdicts[12]["n"] == 153                     # every validation image: neither rule saw one
     assert len(m["min10_vs_steep_lrs"]) >= 8            # one sweep per seed
-    assert len(m["valley_shifts"]) == 8                  # one pair of sweeps per seed ...
+    assert len(m["divergence_shifts"]) == 8              # one pair of sweeps per seed ...
     # ... and the verdict counts the pairs whose two sweeps both gave a suggestion
-    assert verdicts[13]["n"] == sum(row["decades"] is not None for row in m["valley_shifts"]) >= 2
+    assert verdicts[13]["n"] == sum(row["decades"] is not None for row in m["divergence_shifts"]) >= 2
 
 
 def test_quick_preset_fits_binder(lesson_result):

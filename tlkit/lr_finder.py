@@ -21,9 +21,10 @@ from .train import CancelFit, check_lr, rng_state, set_rng_state
 from .validate import check_choice, check_positive, check_positive_int, check_unit_interval
 from .models import copy_state
 
-__all__ = ["LRFinder", "LRFinderResult", "Suggestion", "longest_valley", "lr_find", "lr_schedule",
-           "plot_lr_curves", "plot_lr_find", "smooth_losses", "state_equal", "suggest", "suggest_min10",
-           "suggest_steep", "suggest_valley", "FLAT_RTOL", "MIN_POINTS", "STEEP_SPAN", "SUGGESTION_RULES"]
+__all__ = ["LRFinder", "LRFinderResult", "Suggestion", "divergence_lr", "longest_valley", "lr_find",
+           "lr_from_finder", "lr_schedule", "plot_lr_curves", "plot_lr_find", "smooth_losses", "state_equal",
+           "suggest", "suggest_min10", "suggest_steep", "suggest_valley", "FLAT_RTOL", "MIN_POINTS", "STEEP_SPAN",
+           "SUGGESTION_RULES"]
 
 SUGGESTION_RULES = ("min10", "steep", "valley")
 MIN_POINTS = 5  # fewer points than this after trimming: no rule can say anything useful
@@ -265,8 +266,11 @@ def _zoom(ax, curve: np.ndarray, raw: np.ndarray | None) -> None:
     ax.set_ylim(lo - pad, hi + pad)
 
 
-def plot_lr_curves(results: dict[str, LRFinderResult], ax=None, rule: str = "valley", beta: float | None = None):
-    """Overlay the smoothed curves of several sweeps (e.g. before / after unfreezing), each with `rule` marked."""
+def plot_lr_curves(results: dict[str, LRFinderResult], ax=None, rule="valley", beta: float | None = None):
+    """Overlay the smoothed curves of several sweeps (e.g. before / after unfreezing), each with `rule` marked.
+
+    `rule` names a suggestion rule or is a function of a result returning an LR (e.g. `divergence_lr`).
+    """
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -275,12 +279,47 @@ def plot_lr_curves(results: dict[str, LRFinderResult], ax=None, rule: str = "val
         b = r.beta if beta is None else beta
         curve = smooth_losses(r.losses, b)
         ax.plot(r.lrs, curve, color=color, label=name)
-        s = r.suggest(beta=b)[rule]
-        if s.point is not None:
-            ax.plot(*s.point, "o", color=color, ms=8, label=f"{name} {rule}: {s.lr:.2g}")
+        if callable(rule):
+            lr = rule(r)
+            point = None if lr is None else (lr, curve[int(np.argmin(np.abs(np.log(np.asarray(r.lrs) / lr))))])
+            label = rule.__name__.replace("_lr", "").replace("_", " ")
+        else:
+            s = r.suggest(beta=b)[rule]
+            lr, point, label = s.lr, s.point, rule
+        if point is not None:
+            ax.plot(*point, "o", color=color, ms=8, label=f"{name} {label}: {lr:.2g}")
     ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed loss")
     ax.legend(fontsize=8)
     return ax
+
+
+def divergence_lr(result, rise: float = 2.0) -> float | None:
+    """The first LR of a sweep from which the smoothed loss stays at `rise` times its lowest value so far (or more)."""
+    smoothed = np.asarray(result.smoothed, float)
+    if not len(smoothed):
+        return None
+    best = np.minimum.accumulate(np.where(np.isfinite(smoothed), smoothed, np.inf))
+    high = ~np.isfinite(smoothed) | ((smoothed >= rise * best) & (best > 0))
+    # a real divergence does not recover: the first LR from which the loss stays high to the end of the
+    # sweep (a short sweep's noisy first batches can double the loss for a step and come back down)
+    stays = np.flatnonzero(np.logical_and.accumulate(high[::-1])[::-1])
+    if len(stays):
+        return float(result.lrs[stays[0]])
+    return float(result.lrs[-1]) if result.stopped_early else None
+
+
+def lr_from_finder(result, below_divergence: float = 10.0, rise: float = 2.0, fallback: float = 1e-3) -> float:
+    """An LR `below_divergence` times below where the loss doubled, for a network whose head is trained.
+
+    Why not the usual suggestions: once the head is trained, the training loss is already low and the
+    curve is flat until training breaks, so 'valley' and 'steep' read noise; the one solid fact is
+    where the loss takes off, and one order of magnitude below it is the notes' rule. A sweep whose
+    loss never took off falls back to its 'valley' suggestion, then to `fallback`.
+    """
+    broke = divergence_lr(result, rise)
+    if broke is not None:
+        return broke / below_divergence
+    return float(result.lr("valley") or fallback)
 
 
 # ----------------------------------------------------------------------------- state snapshot

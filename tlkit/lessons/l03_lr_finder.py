@@ -123,8 +123,11 @@ def verdict_min10_vs_steep(loss_min10: np.ndarray, loss_steep: np.ndarray):
                         unit="nats", scale=1.0, runs=min10.shape[0])
 
 
-def suggestion_shifts(make_before, make_after, seeds, rule: str = "valley", **find_kwargs):
+def suggestion_shifts(make_before, make_after, seeds, rule="valley", **find_kwargs):
     """The `rule` suggestion of a sweep before and after a change (e.g. unfreezing), one pair per seed.
+
+    `rule` names a suggestion rule or is a function of a sweep's result returning an LR (or None),
+    e.g. `lr_finder.divergence_lr`.
 
     `make_before(seed)` and `make_after(seed)` return the learners to sweep (e.g. the head on cached
     features of the frozen body, and the unfrozen network on images); the seed is set before each
@@ -138,7 +141,8 @@ def suggestion_shifts(make_before, make_after, seeds, rule: str = "valley", **fi
         for when, make in (("before", make_before), ("after", make_after)):
             seed_everything(seed)
             sweeps[seed][when] = lr_find(make(seed), **find_kwargs)
-        before, after = sweeps[seed]["before"].lr(rule), sweeps[seed]["after"].lr(rule)
+        before, after = (rule(sweeps[seed][when]) if callable(rule) else sweeps[seed][when].lr(rule)
+                         for when in ("before", "after"))
         shift = math.log10(after / before) if before and after else float("nan")
         rows.append({"seed": seed, "lr_before": before, "lr_after": after, "decades": shift})
     return pd.DataFrame(rows), sweeps
@@ -153,5 +157,5 @@ def verdict_rerun_after_change(shifts):
     sign = 1.0 if mean >= 0 else -1.0          # moved either way: the size of the move, interval mirrored
     low, high = sorted((sign * low, sign * high))
     return claims.judge(13, sign * mean, (low, high), len(decades),
-                        "how far the valley suggestion moved after unfreezing (either direction), "
-                        "over repeated pairs of sweeps", unit="decades", scale=1.0)
+                        "how far the point where training breaks (the smoothed loss doubles) moved after unfreezing "
+                        "(either direction), over repeated pairs of sweeps", unit="decades", scale=1.0)
