@@ -1,4 +1,6 @@
 """Each lesson's verdict functions on synthetic measurements with a known answer."""
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,12 +21,13 @@ def correct(rng, n, acc):
 
 
 def sweep(rng, accs, n=400, images=(24, 244)):
-    """A sweep table: accs[fraction][strategy] -> accuracy; one row per (strategy, fraction) with `correct`."""
+    """A sweep table: accs[fraction][strategy] -> accuracy; one row per (strategy, fraction) with `correct`
+    and `losses` whose mean is 1.05 - accuracy (so a gain of g points of accuracy saves g/100 nats)."""
     rows = []
     for (fraction, by_strategy), count in zip(accs.items(), images):
         for strategy, acc in by_strategy.items():
             rows.append({"strategy": strategy, "fraction": fraction, "train_images": count, "acc": acc,
-                         "seconds": 1.0, "correct": correct(rng, n, acc)})
+                         "seconds": 1.0, "correct": correct(rng, n, acc), "losses": rng.exponential(1.05 - acc, n)})
     return pd.DataFrame(rows)
 
 
@@ -33,7 +36,9 @@ def test_more_data_is_the_gain_with_lots_minus_the_gain_with_little(lots_gain, v
     rng = np.random.default_rng(0)
     table = sweep(rng, {0.1: {B: 0.7, C: 0.7}, 1.0: {B: 0.7, C: 0.7 + lots_gain}}, n=2000)
     v = S.verdict_more_data(table)
-    assert v.verdict == verdict and v.effect == pytest.approx(lots_gain, abs=0.04)
+    assert v.verdict == verdict and v.effect == pytest.approx(lots_gain, abs=0.04) and v.unit == "nats of log-loss"
+    accuracy = float(re.search(r"^accuracy ([-+.\d]+) points", v.aside).group(1))
+    assert accuracy == pytest.approx(100 * lots_gain, abs=4)
 
 
 def test_the_table_verdict_weighs_the_advised_strategy_against_the_others():
@@ -53,13 +58,39 @@ def test_own_hidden_layer_is_judged_against_a_margin():
     assert S.verdict_own_hidden(kept, {"correct": correct(rng, 3000, 0.7)}).verdict == CONTRADICTED
 
 
-def test_overfitting_verdict_is_the_drop_of_the_gap():
+def aug_run(rng, seeds, n, acc, loss):
+    """A compare_augmentations-like result: per part, [seeds, images] correctness and exponential log-losses."""
+    return {"seeds": list(range(seeds)),
+            "correct_by_seed": {part: (rng.random((seeds, n)) < acc[part]).astype(float) for part in acc},
+            "loss_by_seed": {part: rng.exponential(loss[part], (seeds, n)) for part in loss}}
+
+
+def test_overfitting_verdict_is_the_drop_of_the_loss_gap_with_the_accuracy_gap_beside_it():
     rng = np.random.default_rng(3)
-    plain = {"correct": {"train": correct(rng, 3000, 1.0), "val": correct(rng, 3000, 0.7)}}
-    augmented = {"correct": {"train": correct(rng, 3000, 0.85), "val": correct(rng, 3000, 0.75)}}
+    plain = aug_run(rng, 3, 3000, {"train": 1.0, "val": 0.7}, {"train": 0.05, "val": 1.2})
+    augmented = aug_run(rng, 3, 3000, {"train": 0.85, "val": 0.75}, {"train": 0.4, "val": 0.7})
     v = l02_augment.verdict_fights_overfitting(plain, augmented)
-    assert v.verdict == SUPPORTED and v.effect == pytest.approx(0.3 - 0.1, abs=0.03)
+    # gaps: 1.2 - 0.05 = 1.15 without, 0.7 - 0.4 = 0.3 with augmentation: 0.85 nats less over-fitting
+    assert v.verdict == SUPPORTED and v.effect == pytest.approx(0.85, abs=0.06) and v.runs == 3
+    accuracy_gap = float(re.search(r"^the same gap in accuracy ([-+.\d]+) points", v.aside).group(1))
+    assert v.unit == "nats of log-loss" and accuracy_gap == pytest.approx(20, abs=2.5)   # (1 - .7) - (.85 - .75)
     assert l02_augment.verdict_fights_overfitting(augmented, plain).verdict == CONTRADICTED
+    same = aug_run(rng, 3, 3000, {"train": 1.0, "val": 0.7}, {"train": 0.05, "val": 1.2})
+    assert l02_augment.verdict_fights_overfitting(plain, same).verdict == NOT_SHOWN
+
+
+def test_geometry_and_colour_verdicts_read_the_per_image_log_loss():
+    rng = np.random.default_rng(4)
+    parts = {"train": 1.0, "val": 0.8, "lit": 0.6}
+    plain = aug_run(rng, 2, 3000, parts, {"train": 0.1, "val": 1.0, "lit": 1.5})
+    geometric = aug_run(rng, 2, 3000, parts, {"train": 0.3, "val": 0.6, "lit": 1.2})
+    coloured = aug_run(rng, 2, 3000, parts, {"train": 0.3, "val": 0.6, "lit": 0.7})
+    v7 = l02_augment.verdict_geometry_helps(geometric, plain)
+    assert v7.verdict == SUPPORTED and v7.effect == pytest.approx(0.4, abs=0.05) and v7.runs == 2
+    assert l02_augment.verdict_geometry_helps(plain, geometric).verdict == CONTRADICTED
+    v8 = l02_augment.verdict_colour_robustness(coloured, geometric)   # lighting adds 0.6 nats without, 0.1 with
+    assert v8.verdict == SUPPORTED and v8.effect == pytest.approx(0.5, abs=0.07)
+    assert l02_augment.verdict_colour_robustness(geometric, coloured).verdict == CONTRADICTED
 
 
 def test_worker_verdict_reads_the_waiting_per_step_from_the_events():
@@ -118,12 +149,13 @@ def test_more_data_verdict_resamples_the_seeds_when_the_sweep_has_them():
     gains = [0.25, -0.15, 0.25, -0.15]
     by_seed = {}
     for (strategy, fraction), base in (((B, 0.1), 0.7), ((C, 0.1), 0.7), ((B, 1.0), 0.7)):
-        by_seed[(strategy, fraction)] = np.stack([correct(rng, 2000, base) for _ in gains])
-    by_seed[(C, 1.0)] = np.stack([correct(rng, 2000, 0.7 + g) for g in gains])
-    table["correct_by_seed"] = [by_seed[(r.strategy, r.fraction)] for r in table.itertuples()]
+        by_seed[(strategy, fraction)] = np.stack([rng.exponential(1.05 - base, 2000) for _ in gains])
+    by_seed[(C, 1.0)] = np.stack([rng.exponential(1.05 - 0.7 - g, 2000) for g in gains])   # saves g nats
+    table["loss_by_seed"] = [by_seed[(r.strategy, r.fraction)] for r in table.itertuples()]
     v = S.verdict_more_data(table)
     assert v.effect == pytest.approx(np.mean(gains), abs=0.03) and v.verdict == NOT_SHOWN and v.n == 2000
-    collapsed = table.assign(correct=[a.mean(axis=0) for a in table["correct_by_seed"]]).drop(columns="correct_by_seed")
+    assert v.runs == 4
+    collapsed = table.assign(losses=[a.mean(axis=0) for a in table["loss_by_seed"]]).drop(columns="loss_by_seed")
     assert S.verdict_more_data(collapsed).verdict == SUPPORTED      # what one interval over images would claim
 
 
