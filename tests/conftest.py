@@ -72,6 +72,12 @@ def local_server(tmp_path):
     server.server_close()
 
 
+# A quick-preset cell takes at most about a minute; a cell still running after ten has hung (seen once: a
+# kernel idle while the executor waited for its reply), so the test fails with papermill's timeout error
+# instead of stalling the suite until CI's own limit.
+CELL_TIMEOUT_S = 600
+
+
 class LessonRuns:
     """Executes each lesson notebook at most once per session and keeps its result."""
 
@@ -82,7 +88,8 @@ class LessonRuns:
         from tlkit.cli import execute_in_subprocess, list_lessons, select
         if lesson_id not in self.results:
             (lesson,) = select([lesson_id], list_lessons())
-            self.results[lesson_id] = execute_in_subprocess(lesson, self.out, {"preset": self.preset}, None, False)
+            self.results[lesson_id] = execute_in_subprocess(lesson, self.out, {"preset": self.preset}, CELL_TIMEOUT_S,
+                                                            False)
         return self.results[lesson_id]
 
 
@@ -139,7 +146,8 @@ def run_on_folder(tmp_path):
     def run(lesson_id: str, folder: Path, param: str = "dataset", **params):
         from tlkit.cli import execute_in_subprocess, list_lessons, select
         (lesson,) = select([lesson_id], list_lessons())
-        result = execute_in_subprocess(lesson, tmp_path, {"preset": "quick", param: str(folder), **params}, None, False)
+        result = execute_in_subprocess(lesson, tmp_path, {"preset": "quick", param: str(folder), **params},
+                                       CELL_TIMEOUT_S, False)
         assert result.status == "ok", result.error
         return result, (tmp_path / result.notebook).read_text()
     return run

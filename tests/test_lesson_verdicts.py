@@ -159,13 +159,17 @@ def test_more_data_verdict_resamples_the_seeds_when_the_sweep_has_them():
     assert S.verdict_more_data(collapsed).verdict == SUPPORTED      # what one interval over images would claim
 
 
-def test_sgdr_vs_step_resamples_the_seeds():
+def test_sgdr_vs_step_is_the_loss_saved_and_resamples_the_seeds():
     rng = np.random.default_rng(6)
-    step = np.stack([correct(rng, 1000, 0.8) for _ in range(4)])
-    steady = np.stack([correct(rng, 1000, 0.85) for _ in range(4)])
-    assert l04_sgdr.verdict_sgdr_beats_step(steady, step).verdict == SUPPORTED
-    swings = np.stack([correct(rng, 1000, acc) for acc in (0.95, 0.7, 0.95, 0.7)])   # mean +0.025, runs +-0.125
-    v = l04_sgdr.verdict_sgdr_beats_step(swings, step)
+    acc = np.stack([correct(rng, 1000, 0.8) for _ in range(4)])
+    step = np.stack([rng.exponential(0.40, 1000) for _ in range(4)])
+    steady = np.stack([rng.exponential(0.35, 1000) for _ in range(4)])
+    v = l04_sgdr.verdict_sgdr_beats_step(steady, step, acc, acc)
+    assert v.verdict == SUPPORTED and v.effect == pytest.approx(0.05, abs=0.015) and v.runs == 4
+    assert v.unit == "nats of log-loss" and v.aside.startswith("accuracy +0.0 points")
+    assert l04_sgdr.verdict_sgdr_beats_step(step, steady, acc, acc).verdict == CONTRADICTED
+    swings = np.stack([rng.exponential(m, 1000) for m in (0.15, 0.6, 0.15, 0.6)])   # mean 0.375, runs +-0.225
+    v = l04_sgdr.verdict_sgdr_beats_step(swings, step, acc, acc)
     assert v.verdict == NOT_SHOWN and v.n == 1000
 
 

@@ -27,3 +27,4 @@ def test_claims_14_to_17_are_recorded_and_the_mechanics_hold(lesson_metrics):
     verdicts = recorded_claims(lesson_metrics("04"), [14, 15, 16, 17])
     assert verdicts[16]["verdict"] == verdicts[17]["verdict"] == "supported"
     assert verdicts[14]["n"] == 240 and verdicts[15]["n"] == 5
+    assert verdicts[14]["unit"] == "nats of log-loss" and verdicts[14]["runs"] == 5   # judged on the loss saved
