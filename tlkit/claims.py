@@ -92,7 +92,7 @@ class Verdict:
     aside: str = ""          # a second measure of the same comparison, shown beside the verdict (e.g. accuracy)
 
     def record_entry(self) -> dict:
-        """The run report's contract: id, verdict, effect, ci, n, what (plus unit and scale for display)."""
+        """The run report's contract: id, verdict, effect, ci, n, what (plus unit, scale and aside for display)."""
         entry = asdict(self)
         entry["ci"] = list(self.ci)
         return entry

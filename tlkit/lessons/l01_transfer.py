@@ -349,9 +349,9 @@ def verdict_more_data(sweep: pd.DataFrame, more=NAMES["last_blocks"], fewer=NAME
         return (_at(sweep, more, lots, measure) - _at(sweep, fewer, lots, measure),
                 _at(sweep, more, little, measure) - _at(sweep, fewer, little, measure))
 
-    effect, low, high = metrics.paired_bootstrap(*gains("loss"))
+    gain_lots, gain_little = gains("loss")
+    effect, low, high = metrics.paired_bootstrap(gain_lots, gain_little)
     aside = claims.points_aside("accuracy", *metrics.paired_bootstrap(*gains("accuracy")))
-    gain_lots = gains("loss")[0]
     n_lots = int(sweep[sweep["fraction"] == lots]["train_images"].iloc[0])
     n_little = int(sweep[sweep["fraction"] == little]["train_images"].iloc[0])
     return claims.judge(3, effect, (low, high), gain_lots.shape[-1],
