@@ -290,3 +290,27 @@ def test_compare_augmentations_averages_each_images_correctness_over_independent
                                (one[0]["history"]["val_loss"] + one[1]["history"]["val_loss"]) / 2, rtol=1e-6)
     assert both["seeds"] == [0, 1] and len(both["histories"]) == 2
     assert not one[0]["history"]["val_loss"].equals(one[1]["history"]["val_loss"])   # the seeds differ
+
+
+def test_compare_augmentations_averages_each_image_over_the_lighting_draws():
+    from tlkit import data
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (20, 20, 3), dtype=np.uint8) for _ in range(16)]
+    targets = [i % 2 for i in range(16)]
+    for a, t in zip(arrays, targets):                          # a learnable cue: class 1 is brighter
+        a[:] = np.clip(a // 2 + 128 * t, 0, 255)
+    images = data.ImageList(arrays, targets, ["dark", "bright"])
+    plain = data.eval_transform(16, ((0.5,) * 3, (0.5,) * 3))
+
+    def flip_half(img):                                        # a random change: half the draws invert the image
+        x = plain(img)
+        return -x if torch.rand(()) < 0.5 else x
+
+    args = (images, images, {"plain": plain}, plain, flip_half, 3, 3e-2, 4, 4)
+    one, four = (l02_augment.compare_augmentations(*args, seeds=[0], lighting_draws=k)["plain"] for k in (1, 4))
+    assert set(np.unique(one["correct"]["lit"])) <= {0.0, 1.0}
+    shares = four["correct"]["lit"]
+    assert np.allclose(shares * 4, np.round(shares * 4)) and ((shares > 0) & (shares < 1)).any()
+    np.testing.assert_array_equal(one["correct"]["val"], four["correct"]["val"])     # same training, same model
+    with pytest.raises(ValueError, match="lighting_draws"):
+        l02_augment.compare_augmentations(*args, seeds=[0], lighting_draws=0)

@@ -91,6 +91,9 @@ def test_geometry_and_colour_verdicts_read_the_per_image_log_loss():
     v8 = l02_augment.verdict_colour_robustness(coloured, geometric)   # lighting adds 0.6 nats without, 0.1 with
     assert v8.verdict == SUPPORTED and v8.effect == pytest.approx(0.5, abs=0.07)
     assert l02_augment.verdict_colour_robustness(geometric, coloured).verdict == CONTRADICTED
+    assert "averaged" not in v8.what
+    drawn = l02_augment.verdict_colour_robustness({**coloured, "lighting_draws": 8}, geometric)
+    assert "averaged over 8 random changes of each image" in drawn.what and drawn.effect == v8.effect
 
 
 def test_worker_verdict_reads_the_waiting_per_step_from_the_events():

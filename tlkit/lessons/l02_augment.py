@@ -149,21 +149,26 @@ def lighting_change(size: int, norm, pca: ColorPCA, shift_sigma: float = 0.08, p
 
 def compare_augmentations(train_images, val_images, train_tfms: dict, eval_tf, lit_tf, epochs: int, lr: float,
                           batch_size: int, width: int, seeds=(0,), device="cpu",
-                          channels_last: bool = True) -> dict[str, dict]:
+                          channels_last: bool = True, lighting_draws: int = 8) -> dict[str, dict]:
     """Train the same small CNN (same images) once per training transform and seed, from scratch.
 
     Each result holds the histories (one per seed) and per-image correctness and log-loss on the clean
     training images, the validation images, and the validation images under a seeded change of lighting
     (the same changed images for every model): `correct` averaged over the seeds, `correct_by_seed` and
     `loss_by_seed` as `[seeds, images]` for the verdicts. Why seeds: one from-scratch run per setting mixes the
-    setting's effect with the luck of one initialisation. `channels_last`: the small CNN's convolutions
-    run about 1.4x faster on CPU with that layout (measured at 64 px, batch 32).
+    setting's effect with the luck of one initialisation. `lighting_draws` seeded changes of lighting per
+    image are averaged (the expected loss and share correct under a random change): why: with one draw, which
+    change an image happened to get adds noise to every image's difference. The evaluation views without
+    random transforms are computed once and shared by every model and epoch. `channels_last`: the small CNN's
+    convolutions run about 1.4x faster on CPU with that layout (measured at 64 px, batch 32).
     """
     from ..data import DataLoaders, make_loader
     from ..train import Learner
+    from ..validate import check_positive_int
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    val = make_loader(val_images.with_transform(eval_tf), 128, False)
-    clean_train = make_loader(train_images.with_transform(eval_tf), 128, False)
+    check_positive_int("lighting_draws", lighting_draws, 8)
+    val = list(make_loader(val_images.with_transform(eval_tf), 128, False))
+    clean_train = list(make_loader(train_images.with_transform(eval_tf), 128, False))
     lit = make_loader(val_images.with_transform(lit_tf), 128, False)
     results = {}
     for name, tf in train_tfms.items():
@@ -176,13 +181,20 @@ def compare_augmentations(train_images, val_images, train_tfms: dict, eval_tf, l
                             channels_last=channels_last)
             histories.append(fit_with_clean_train_acc(learn, epochs, lr, clean_train,
                                                       schedule=lambda t: 0.5 * (1 + np.cos(np.pi * t / epochs))))
-            for part, loader in (("train", clean_train), ("val", val), ("lit", lit)):
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seeds[0] + 1)      # the same lighting changes for every model
-                    learn.evaluate(loader)
+            for part, loader in (("train", clean_train), ("val", val)):
+                learn.evaluate(loader)
                 correct[part].append(learn.last_correct.cpu().numpy().astype(float))
                 losses[part].append(learn.last_losses.cpu().numpy())
+            draws = []
+            for k in range(lighting_draws):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seeds[0] + 1 + k)  # the same lighting changes for every model
+                    learn.evaluate(lit)
+                draws.append((learn.last_correct.cpu().numpy().astype(float), learn.last_losses.cpu().numpy()))
+            correct["lit"].append(np.mean([c for c, _ in draws], axis=0))
+            losses["lit"].append(np.mean([l for _, l in draws], axis=0))
         results[name] = {"history": mean_history(histories), "histories": histories, "seeds": seeds,
+                         "lighting_draws": lighting_draws,
                          "correct": {part: np.mean(rows, axis=0) for part, rows in correct.items()},
                          "correct_by_seed": {part: np.stack(rows) for part, rows in correct.items()},
                          "loss_by_seed": {part: np.stack(rows) for part, rows in losses.items()}}
@@ -208,6 +220,11 @@ def _by_seed(run: dict, key: str = "correct_by_seed") -> dict:
 def _over_seeds(run: dict) -> str:
     n = len(run.get("seeds", [0]))
     return f", {n} seeds per setting (the interval resamples seeds and images)" if n > 1 else ""
+
+
+def _draws(run: dict) -> str:
+    k = run.get("lighting_draws", 1)
+    return f" (averaged over {k} random changes of each image)" if k > 1 else ""
 
 
 def verdict_fights_overfitting(plain: dict, augmented: dict):
@@ -243,8 +260,8 @@ def verdict_colour_robustness(coloured: dict, geometric: dict):
     c, g = _by_seed(coloured, "loss_by_seed"), _by_seed(geometric, "loss_by_seed")
     cc, gc = _by_seed(coloured), _by_seed(geometric)
     return claims.compare_loss(8, c["lit"] - c["val"], g["lit"] - g["val"],
-                               "log-loss added by a change of lighting without colour augmentation minus with it "
-                               f"(geometry in both){_over_seeds(coloured)}",
+                               f"log-loss added by a change of lighting{_draws(coloured)} without colour "
+                               f"augmentation minus with it (geometry in both){_over_seeds(coloured)}",
                                aside=claims.accuracy_aside(cc["lit"] - cc["val"], gc["lit"] - gc["val"],
                                                            label="accuracy kept under the change"))
 
