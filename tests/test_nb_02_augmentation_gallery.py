@@ -42,3 +42,11 @@ def test_claims_7_to_10_are_recorded_with_verdicts_that_follow_their_intervals(m
 def test_workers_were_timed(metrics, lesson_result):
     assert metrics["step_time_workers_0"] > 0 and metrics["step_time_workers_2"] > 0
     assert lesson_result("02").peak_mb < 2048
+
+
+def test_a_folder_of_5000_images_is_limited_to_the_presets_images(big_folder, run_on_folder):
+    """4,000 training / 1,000 validation images: every from-scratch run trains on the stated 250 / 160."""
+    result, text = run_on_folder("02", big_folder)
+    assert "has 4,000 training / 1,000 validation images; using a seeded, stratified 250 / 160" in text
+    assert "train 250, val 160) | training on 250 images" in text
+    assert result.peak_mb < 1536   # memory follows the limits, not the folder
