@@ -28,3 +28,11 @@ def test_claims_14_to_17_are_recorded_and_the_mechanics_hold(lesson_metrics):
     assert verdicts[16]["verdict"] == verdicts[17]["verdict"] == "supported"
     assert verdicts[14]["n"] == 240 and verdicts[15]["n"] == 5
     assert verdicts[14]["unit"] == "nats of log-loss" and verdicts[14]["runs"] == 5   # judged on the loss saved
+
+
+def test_a_folder_of_5000_images_is_limited_to_the_presets_images(big_folder, run_on_folder):
+    """4,000 training / 1,000 validation images: the features and every head use the stated 1,000 / 250."""
+    result, text = run_on_folder("04", big_folder)
+    assert "has 4,000 training / 1,000 validation images; using a seeded, stratified 1,000 / 250" in text
+    assert "train 1000, val 250) | features (1000," in text
+    assert result.peak_mb < 1536   # memory follows the limits, not the folder

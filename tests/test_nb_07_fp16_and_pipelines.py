@@ -87,3 +87,11 @@ def test_im2col(m):
 
 def test_quick_preset_fits_in_binder_memory(m, lesson_result):
     assert lesson_result("07").peak_mb < 2048
+
+
+def test_a_folder_of_5000_images_is_limited_to_the_presets_images(big_folder, run_on_folder):
+    """4,000 training / 1,000 validation images: the fine-tunes and section 3's stores use the stated 250 / 160."""
+    result, text = run_on_folder("07", big_folder)
+    assert "has 4,000 training / 1,000 validation images; using a seeded, stratified 250 / 160" in text
+    assert "train 250, val 160)" in text
+    assert result.peak_mb < 1536   # memory follows the limits, not the folder
