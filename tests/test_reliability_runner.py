@@ -212,3 +212,38 @@ def test_a_folder_that_holds_a_run_is_refused_unless_force(marking_lesson, tmp_p
     assert cli.main(["lessons", "run", "--out", str(out), "--no-html", "--force", "-p", "value", "2"]) == 0
     assert "value=2" in outputs(out / "00_value.ipynb")
     assert json.loads((out / "metrics.json").read_text())["lessons"]["00_value"]["status"] == "ok"
+
+
+def test_the_default_cell_limit_follows_the_preset():
+    import torch
+    assert cli.default_cell_timeout("quick") == cli.QUICK_CELL_TIMEOUT_S
+    assert cli.default_cell_timeout("full") is None
+    assert cli.default_cell_timeout("auto") == (None if torch.cuda.is_available() else cli.QUICK_CELL_TIMEOUT_S)
+
+
+@pytest.fixture
+def hanging_lesson(tmp_path, monkeypatch):
+    """One lesson whose second cell sleeps `seconds` (4), with the quick preset's per-cell limit cut to 2 s."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    write_notebook(folder / "00_hang.ipynb", 'preset = "auto"\nseconds = 4',
+                   "import time\ntime.sleep(seconds)\nprint('woke up')")
+    monkeypatch.setenv("TLKIT_NOTEBOOKS", str(folder))
+    monkeypatch.setattr(cli, "QUICK_CELL_TIMEOUT_S", 2.0)
+    return tmp_path / "run"
+
+
+def test_a_hung_cell_in_the_quick_preset_fails_its_lesson_with_the_limit_named(hanging_lesson):
+    start = time.monotonic()
+    assert cli.main(["lessons", "run", "--preset", "quick", "--out", str(hanging_lesson), "--no-html",
+                     "-p", "seconds", "300"]) == 1
+    assert time.monotonic() - start < 120   # stopped at the limit, not after the 300 s sleep
+    result = json.loads((hanging_lesson / "metrics.json").read_text())["lessons"]["00_hang"]
+    assert result["status"] == "failed" and result["error"].startswith("CellTimeoutError")
+    assert "The limit was 2 s per cell: raise it with --timeout SECONDS (0: no limit)." in result["error"]
+
+
+def test_timeout_zero_lifts_the_quick_presets_cell_limit(hanging_lesson):
+    assert cli.main(["lessons", "run", "--preset", "quick", "--out", str(hanging_lesson), "--no-html",
+                     "--timeout", "0"]) == 0
+    assert "woke up" in outputs(hanging_lesson / "00_hang.ipynb")

@@ -34,13 +34,15 @@ from .execute import Interrupted, signals_interrupt
 from .html_export import export_html
 
 __all__ = ["Lesson", "LessonResult", "Parameter", "check_parameters", "claims_ledger", "claims_table_html",
-           "default_run_folder", "execute_in_subprocess", "interrupted_result", "list_command",
+           "default_cell_timeout", "default_run_folder", "execute_in_subprocess", "interrupted_result", "list_command",
            "list_lessons", "main", "notebook_parameters", "notebooks_dir", "parse_parameters",
            "parse_value", "prepare_run_folder", "run_command", "run_lessons", "select",
-           "stop_process_group", "write_summary", "GRACE_S", "REPO", "modules_markdown"]
+           "stop_process_group", "write_summary", "GRACE_S", "QUICK_CELL_TIMEOUT_S", "REPO",
+           "modules_markdown"]
 
 REPO = Path(__file__).resolve().parent.parent
 GRACE_S = 10.0  # seconds a stopped lesson gets to shut its kernel down before SIGKILL
+QUICK_CELL_TIMEOUT_S = 600.0  # a quick-preset cell this slow has hung: the slowest takes about a minute on 2 cores
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,19 @@ def default_run_folder() -> Path:
     return REPO / "runs" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+def default_cell_timeout(preset: str) -> float | None:
+    """Seconds allowed per cell when none is given: 600 in the quick preset ('auto' without a CUDA GPU),
+    none in the full preset, whose cells may train for hours.
+
+    Why: a kernel that hangs (it happened under heavy load) would otherwise keep a headless run waiting
+    for ever; a stated limit turns it into a failed lesson with a message.
+    """
+    import torch
+    from .config import resolve_preset
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return QUICK_CELL_TIMEOUT_S if resolve_preset(preset, device) == "quick" else None
+
+
 def run_lessons(ids: Sequence[str] = (), preset: str = "auto", out: Path | None = None,
                 params: dict[str, Any] | None = None, timeout: float | None = None,
                 html_export: bool = True, echo=print, force: bool = False,
@@ -199,6 +214,7 @@ def run_lessons(ids: Sequence[str] = (), preset: str = "auto", out: Path | None 
     """Execute lessons into `out` (default `runs/<timestamp>/`); writes metrics.json and index.html.
 
     `after_each(result)` runs after every lesson (the bench counts the cache entries it built there).
+    `timeout`: seconds per cell; None: `default_cell_timeout(preset)`; 0: no limit.
 
     A KeyboardInterrupt (`Interrupted` for SIGTERM under `main`) stops the running lesson's processes,
     records it as `interrupted` and propagates; the lessons after it do not run.
@@ -209,6 +225,7 @@ def run_lessons(ids: Sequence[str] = (), preset: str = "auto", out: Path | None 
     if not lessons:
         raise ParameterError(f"no lesson notebooks found in {notebooks_dir()}")
     per_lesson = check_parameters(lessons, dict(params or {}))
+    timeout = default_cell_timeout(preset) if timeout is None else timeout
     out = Path(out or default_run_folder())
     prepare_run_folder(out, force)
     results: list[LessonResult] = []
@@ -428,7 +445,9 @@ def _parser() -> argparse.ArgumentParser:
     run = verbs.add_parser("run", help="execute lessons headless into a run folder")
     _lesson_selection(run, "auto", "run folder (default runs/<timestamp>)")
     run.add_argument("--force", action="store_true", help="run into an --out folder that already holds a run")
-    run.add_argument("--timeout", type=float, default=None, help="seconds allowed per cell")
+    run.add_argument("--timeout", type=float, default=None,
+                     help=f"seconds allowed per cell (default: {QUICK_CELL_TIMEOUT_S:.0f} in the quick preset, "
+                          "none in full; 0: no limit)")
     run.add_argument("--no-html", action="store_true", help="skip the HTML export")
     bench = sub.add_parser("bench", help="run the lessons twice (empty cache, then filled) and time them")
     _lesson_selection(bench, "quick", "bench folder (default runs/bench-<timestamp>)")

@@ -75,8 +75,11 @@ def execute(nb_in: str, out_dir: str, params_json: str, timeout: str, report: st
         error = (f"cell {exc.cell_index} of the executed notebook (In [{exc.exec_count}], "
                  f"`{_first_line(nb_out, exc.exec_count)}`): {exc.ename}: {exc.evalue}")
     except Exception as exc:  # kernel died, timeout, bad notebook
+        from nbclient.exceptions import CellTimeoutError
         status = "failed"
         error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, CellTimeoutError):
+            error += f" The limit was {float(timeout):g} s per cell: raise it with --timeout SECONDS (0: no limit)."
     wall = time.perf_counter() - t0
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     result = {"lesson": path.stem, "status": status, "wall_s": wall,
