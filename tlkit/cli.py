@@ -34,8 +34,8 @@ from .execute import Interrupted, signals_interrupt
 from .html_export import export_html
 
 __all__ = ["Lesson", "LessonResult", "Parameter", "check_parameters", "claims_ledger", "claims_table_html",
-           "default_cell_timeout", "default_run_folder", "execute_in_subprocess", "interrupted_result", "list_command",
-           "list_lessons", "main", "notebook_parameters", "notebooks_dir", "parse_parameters",
+           "default_cell_timeout", "default_run_folder", "execute_in_subprocess", "interrupted_result",
+           "list_command", "list_lessons", "main", "notebook_parameters", "notebooks_dir", "parse_parameters",
            "parse_value", "prepare_run_folder", "run_command", "run_lessons", "select",
            "stop_process_group", "write_summary", "GRACE_S", "QUICK_CELL_TIMEOUT_S", "REPO",
            "modules_markdown"]

@@ -156,11 +156,11 @@ def compare_augmentations(train_images, val_images, train_tfms: dict, eval_tf, l
     training images, the validation images, and the validation images under a seeded change of lighting
     (the same changed images for every model): `correct` averaged over the seeds, `correct_by_seed` and
     `loss_by_seed` as `[seeds, images]` for the verdicts. Why seeds: one from-scratch run per setting mixes the
-    setting's effect with the luck of one initialisation. `lighting_draws` seeded changes of lighting per
-    image are averaged (the expected loss and share correct under a random change): why: with one draw, which
-    change an image happened to get adds noise to every image's difference. The evaluation views without
-    random transforms are computed once and shared by every model and epoch. `channels_last`: the small CNN's
-    convolutions run about 1.4x faster on CPU with that layout (measured at 64 px, batch 32).
+    setting's effect with the luck of one initialisation. Each image's lighting part averages
+    `lighting_draws` seeded changes (the expected loss and share correct under a random change). Why: with
+    one draw, which change an image happened to get adds noise to every paired difference. The views
+    without random transforms are computed once and shared by every model and epoch. `channels_last`: the
+    small CNN's convolutions run about 1.4x faster on CPU with that layout (measured at 64 px, batch 32).
     """
     from ..data import DataLoaders, make_loader
     from ..train import Learner
