@@ -272,15 +272,19 @@ def test_small_cnn_shapes():
     assert [c.out_channels for c in convs] == [4, 8, 16, 32]
 
 
-def test_compare_augmentations_averages_each_images_correctness_over_independent_seeds():
+def bright_and_dark():
+    """16 random 20 px images whose class 1 is brighter (a cue a tiny CNN learns), and a plain 16 px view."""
     from tlkit import data
     rng = np.random.default_rng(0)
     arrays = [rng.integers(0, 256, (20, 20, 3), dtype=np.uint8) for _ in range(16)]
     targets = [i % 2 for i in range(16)]
-    for a, t in zip(arrays, targets):                          # a learnable cue: class 1 is brighter
+    for a, t in zip(arrays, targets):
         a[:] = np.clip(a // 2 + 128 * t, 0, 255)
-    images = data.ImageList(arrays, targets, ["dark", "bright"])
-    plain = data.eval_transform(16, ((0.5,) * 3, (0.5,) * 3))
+    return data.ImageList(arrays, targets, ["dark", "bright"]), data.eval_transform(16, ((0.5,) * 3, (0.5,) * 3))
+
+
+def test_compare_augmentations_averages_each_images_correctness_over_independent_seeds():
+    images, plain = bright_and_dark()
     args = (images, images, {"plain": plain}, plain, plain, 2, 1e-2, 4, 4)
     both = l02_augment.compare_augmentations(*args, seeds=[0, 1])["plain"]
     one = [l02_augment.compare_augmentations(*args, seeds=[s])["plain"] for s in (0, 1)]
@@ -293,14 +297,7 @@ def test_compare_augmentations_averages_each_images_correctness_over_independent
 
 
 def test_compare_augmentations_averages_each_image_over_the_lighting_draws():
-    from tlkit import data
-    rng = np.random.default_rng(0)
-    arrays = [rng.integers(0, 256, (20, 20, 3), dtype=np.uint8) for _ in range(16)]
-    targets = [i % 2 for i in range(16)]
-    for a, t in zip(arrays, targets):                          # a learnable cue: class 1 is brighter
-        a[:] = np.clip(a // 2 + 128 * t, 0, 255)
-    images = data.ImageList(arrays, targets, ["dark", "bright"])
-    plain = data.eval_transform(16, ((0.5,) * 3, (0.5,) * 3))
+    images, plain = bright_and_dark()
 
     def flip_half(img):                                        # a random change: half the draws invert the image
         x = plain(img)
