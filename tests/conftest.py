@@ -72,12 +72,6 @@ def local_server(tmp_path):
     server.server_close()
 
 
-# A quick-preset cell takes at most about a minute; a cell still running after ten has hung (seen once: a
-# kernel idle while the executor waited for its reply), so the test fails with papermill's timeout error
-# instead of stalling the suite until CI's own limit.
-CELL_TIMEOUT_S = 600
-
-
 class LessonRuns:
     """Executes each lesson notebook at most once per session and keeps its result."""
 
@@ -85,11 +79,12 @@ class LessonRuns:
         self.out, self.preset, self.results = out, preset, {}
 
     def __call__(self, lesson_id: str):
-        from tlkit.cli import execute_in_subprocess, list_lessons, select
+        from tlkit.cli import default_cell_timeout, execute_in_subprocess, list_lessons, select
         if lesson_id not in self.results:
             (lesson,) = select([lesson_id], list_lessons())
-            self.results[lesson_id] = execute_in_subprocess(lesson, self.out, {"preset": self.preset}, CELL_TIMEOUT_S,
-                                                            False)
+            # the runner's own per-cell limit: a hung kernel fails its test instead of stalling the suite
+            self.results[lesson_id] = execute_in_subprocess(lesson, self.out, {"preset": self.preset},
+                                                            default_cell_timeout(self.preset), False)
         return self.results[lesson_id]
 
 
@@ -144,10 +139,10 @@ def big_folder(tmp_path_factory):
 def run_on_folder(tmp_path):
     """`run_on_folder("01", folder, "dataset")` -> (LessonResult, executed notebook text), quick preset."""
     def run(lesson_id: str, folder: Path, param: str = "dataset", **params):
-        from tlkit.cli import execute_in_subprocess, list_lessons, select
+        from tlkit.cli import default_cell_timeout, execute_in_subprocess, list_lessons, select
         (lesson,) = select([lesson_id], list_lessons())
         result = execute_in_subprocess(lesson, tmp_path, {"preset": "quick", param: str(folder), **params},
-                                       CELL_TIMEOUT_S, False)
+                                       default_cell_timeout("quick"), False)
         assert result.status == "ok", result.error
         return result, (tmp_path / result.notebook).read_text()
     return run
