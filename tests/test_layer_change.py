@@ -225,3 +225,22 @@ def test_study_runs_every_setting_per_seed_and_the_verdicts_read_its_correctness
     assert comp.set_index(["A", "B"]).loc[("uniform", "10x"), "reads"] == "B better"
     assert "cannot tell" in lc.similar_set_note(bad)          # frozen and trained group 0 fit equally well there
     assert "n = 600 images, 3 seeds" in lc.similar_set_note(bad)      # n counts images, as in every verdict
+
+
+def test_finder_smoothing_averages_about_one_decade_of_the_sweep():
+    """1 - 1/(steps per decade): the EMA's weights sum to 1 - 1/e over its last 1/(1 - beta) steps, i.e. one decade."""
+    assert lc.finder_smoothing(30, 1e-5, 1.0) == pytest.approx(1 - 1 / 6)
+    assert lc.finder_smoothing(100, 1e-5, 1.0) == pytest.approx(0.95)
+    assert lc.finder_smoothing(1000, 1e-7, 10.0) == 0.98          # never smoother than fastai's default
+    assert lc.finder_smoothing(4, 1e-5, 1.0) == 0.5               # nor rougher than two steps
+    beta = lc.finder_smoothing(30, 1e-5, 1.0)
+    weights = (1 - beta) * beta ** np.arange(30)[::-1]             # EMA weight of each step at the end of the sweep
+    assert weights[-6:].sum() == pytest.approx(1 - beta ** 6) and weights[-6:].sum() > 0.6
+
+
+def test_loss_floor_is_a_share_of_the_chance_loss():
+    net = tiny_net()                                               # 3 classes
+    assert lc.loss_floor(net) == pytest.approx(lc.FLOOR_OF_CHANCE * np.log(3))
+    probs = torch.full((1, 3), 1 / 3)
+    chance = torch.nn.functional.nll_loss(probs.log(), torch.tensor([0])).item()
+    assert lc.loss_floor(net) == pytest.approx(lc.FLOOR_OF_CHANCE * chance)

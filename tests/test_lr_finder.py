@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from tlkit.errors import ParameterError
 from tlkit.lessons.l03_lr_finder import best_lr, lr_grid, plot_lr_grid
 from tlkit.lr_finder import (LRFinderResult, divergence_lr, lr_find, lr_from_finder, plot_lr_curves, smooth_losses,
                              suggest, suggest_steep, suggest_valley)
@@ -41,7 +42,7 @@ def quadratic_loss(out, _target):
     return 0.5 * (out ** 2).sum(1).mean()
 
 
-def quadratic_sweep(L, seed, end=10.0, beta=0.98, num_it=400, batch=4):
+def quadratic_sweep(L, seed, end=10.0, beta=0.98, num_it=400, batch=4, loss_floor=0.0):
     """Plain SGD (no momentum) sweep from 0.1/L to end/L over `num_it` noisy batches of `batch` centres."""
     model = NoisyQuadratic(L, seed=seed)
     g = torch.Generator().manual_seed(seed)
@@ -51,7 +52,13 @@ def quadratic_sweep(L, seed, end=10.0, beta=0.98, num_it=400, batch=4):
     # A's largest eigenvalue is L by construction; check it rather than trust it
     assert torch.linalg.eigvalsh(model.root @ model.root).max().item() == pytest.approx(L, rel=1e-9)
     return lr_find(model, batches, loss_fn=quadratic_loss, optimizer=opt, start_lr=0.1 / L, end_lr=end / L,
-                   num_it=num_it, smooth=beta, warn=False)
+                   num_it=num_it, smooth=beta, warn=False, loss_floor=loss_floor)
+
+
+def noise_level(L, dim=8):
+    """The quadratic's expected batch loss at its optimum, 0.5 tr(A): what the sweep's loss falls to, and
+    no lower (the eigenvalues are linspace(L / 10, L))."""
+    return 0.5 * float(torch.linspace(L / 10, L, dim, dtype=torch.float64).sum())
 
 
 class SmallNet(nn.Module):
@@ -196,6 +203,29 @@ def test_never_stops_below_2_over_L_although_the_noise_could_fool_a_raw_rule(see
     assert not below.stopped_early and below.lrs[-1] == pytest.approx(1.95 / L)
     raw_rule = quadratic_sweep(L, seed, beta=0.0)  # the same noise without smoothing: a false alarm
     assert raw_rule.stopped_early and raw_rule.lrs[-1] < 2 / L
+
+
+@pytest.mark.parametrize("seed", [4, 5, 6])
+def test_a_loss_floor_at_the_noise_level_silences_the_false_alarms_and_keeps_the_real_divergence(seed):
+    """Unsmoothed, the rule alarms on noise around the optimum's loss 0.5 tr(A) far below 2/L; with that
+    loss as the floor it runs calmly to 1.2/L (where SGD's noise is still at most 1.5x its low-LR level,
+    lr L / (2 - lr L)), and a sweep past 2/L still stops by 3/L, and not before 1.8/L (from there the
+    noise along the steepest direction is 9x or more, so an unsmoothed rule may see it first)."""
+    L, floor = 2.0, noise_level(2.0)
+    assert quadratic_sweep(L, seed, end=1.2, beta=0.0).lrs[-1] < 1 / L       # no floor: a false alarm
+    below = quadratic_sweep(L, seed, end=1.2, beta=0.0, loss_floor=floor)
+    assert not below.stopped_early and below.loss_floor == floor
+    past = quadratic_sweep(L, seed, beta=0.0, loss_floor=floor)
+    assert past.stopped_early and 1.8 / L <= past.lrs[-1] <= 3 / L
+    assert divergence_lr(past) >= 1.2 / L
+
+
+def test_a_bad_loss_floor_is_refused():
+    model = nn.Linear(2, 2)
+    loader = [(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))]
+    for bad in (-0.1, float("nan"), "0.1"):
+        with pytest.raises(ParameterError, match="loss_floor"):
+            lr_find(model, loader, loss_floor=bad)
 
 
 # ----------------------------------------------------------------------------- exact restore
@@ -613,3 +643,13 @@ def test_lr_from_finder_is_ten_times_below_where_the_loss_doubled():
     blip = SimpleNamespace(lrs=lrs, smoothed=np.array([0.2, 0.5, 0.21, 0.2, 0.2, 0.2, 0.25, 0.3, 0.9, 2.0, 5.0]),
                            stopped_early=True, lr=lambda rule: None)
     assert divergence_lr(blip) == lrs[8]      # the early one-step doubling recovered: not a divergence
+
+
+def test_divergence_counts_a_best_loss_below_the_floor_as_the_floor():
+    lrs = np.geomspace(1e-5, 1, 11)
+    near_zero = np.array([0.02, 0.01, 0.025, 0.03, 0.02, 0.04, 0.05, 0.06, 0.2, 0.5, 2.0])
+    result = SimpleNamespace(lrs=lrs, smoothed=near_zero, stopped_early=True, loss_floor=0.0)
+    assert divergence_lr(result) == lrs[2]          # 0.025 >= 2 x 0.01 and it never comes back: noise read as a break
+    result.loss_floor = 0.05
+    assert divergence_lr(result) == lrs[8]          # 0.2 >= 2 x 0.05: where the loss really took off
+    assert lr_from_finder(result) == pytest.approx(lrs[8] / 10)

@@ -113,3 +113,12 @@ def test_eval_mode_restores_every_submodules_own_flag():
     with pytest.raises(RuntimeError), models.eval_mode(net):
         raise RuntimeError("an interrupted evaluation")
     assert [m.training for m in net.modules()] == before
+
+
+@pytest.mark.parametrize("classes,hidden", [(2, None), (7, 16)])
+def test_output_classes_reads_the_last_linear_layer(classes, hidden):
+    net = models.create("resnet18", num_classes=classes, pretrained=False, hidden=hidden)
+    assert models.output_classes(net) == classes == net.eval()(torch.zeros(1, 3, 32, 32)).shape[1]
+    assert models.output_classes(models.small_cnn(5, blocks=2)) == 5
+    with pytest.raises(ValueError, match="no linear layer"):
+        models.output_classes(nn.Sequential(nn.Conv2d(3, 4, 3)))

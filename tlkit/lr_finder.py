@@ -202,6 +202,7 @@ class LRFinderResult:
     skip_start: int = 0
     skip_end: int = 0
     weights_restored: bool = field(default=False)
+    loss_floor: float = 0.0         # smoothed losses below it counted as it when testing for divergence
 
     def suggest(self, beta: float | None = None, skip_start: int | None = None,
                 skip_end: int | None = None, warn: bool = False) -> dict[str, Suggestion]:
@@ -294,11 +295,16 @@ def plot_lr_curves(results: dict[str, LRFinderResult], ax=None, rule="valley", b
 
 
 def divergence_lr(result, rise: float = 2.0) -> float | None:
-    """The first LR of a sweep from which the smoothed loss stays at `rise` times its lowest value so far (or more)."""
+    """The first LR of a sweep from which the smoothed loss stays at `rise` times its lowest value so far (or more).
+
+    The lowest value counts as at least the sweep's `loss_floor` (if it has one): near zero, one hard
+    batch doubles the loss without anything breaking.
+    """
     smoothed = np.asarray(result.smoothed, float)
     if not len(smoothed):
         return None
     best = np.minimum.accumulate(np.where(np.isfinite(smoothed), smoothed, np.inf))
+    best = np.maximum(best, getattr(result, "loss_floor", 0.0))
     high = ~np.isfinite(smoothed) | ((smoothed >= rise * best) & (best > 0))
     # a real divergence does not recover: the first LR from which the loss stays high to the end of the
     # sweep (a short sweep's noisy first batches can double the loss for a step and come back down)
@@ -399,14 +405,16 @@ def _check_args(start_lr, end_lr, num_it, mode, smooth, diverge, skip_start, ski
 class LRFinder:
     """The range test as a `Learner.fit` callback: before each batch, set every group's LR to the next swept
     value (their ratios kept); after each loss, record it; stop (`CancelFit`) on a non-finite loss, on
-    divergence (smoothed loss above `diverge` x its best) or after the last LR.
+    divergence (smoothed loss above `diverge` x its best, the best counted as at least `loss_floor`) or after
+    the last LR.
 
     Why a callback: the sweep then runs in `fit`'s own step, so it inherits the learner's precision,
     `channels_last`, GradScaler and DDP, and there is one training step in tlkit, not two.
     """
 
-    def __init__(self, schedule: np.ndarray, beta: float = 0.98, diverge: float | None = 4.0):
-        self.schedule, self.beta, self.diverge = schedule, beta, diverge
+    def __init__(self, schedule: np.ndarray, beta: float = 0.98, diverge: float | None = 4.0,
+                 loss_floor: float = 0.0):
+        self.schedule, self.beta, self.diverge, self.loss_floor = schedule, beta, diverge, loss_floor
         self.lrs, self.losses, self.smoothed = [], [], []
         self.reason, self._avg, self._best = "completed", 0.0, math.inf
 
@@ -431,9 +439,9 @@ class LRFinder:
         smooth = self._avg / (1 - self.beta ** (t + 1))
         self.lrs.append(lr), self.losses.append(value), self.smoothed.append(smooth)
         self._best = min(self._best, smooth)
-        if self.diverge is not None and smooth > self.diverge * self._best:
+        if self.diverge is not None and smooth > self.diverge * max(self._best, self.loss_floor):
             self.reason = (f"diverged at lr={lr:.3g}: smoothed loss {smooth:.3g} > "
-                           f"{self.diverge:g} x best {self._best:.3g}")
+                           f"{self.diverge:g} x best {max(self._best, self.loss_floor):.3g}")
             raise CancelFit
         if len(self.lrs) == len(self.schedule):
             raise CancelFit
@@ -483,7 +491,7 @@ def _sweep_learner(model, train_loader, loss_fn, optimizer, group_lrs, device, p
 def lr_find(model, train_loader=None, loss_fn=None, optimizer=None, start_lr: float = 1e-7,
             end_lr: float = 10.0, num_it: int = 100, mode: str = "exp", smooth: float = 0.98,
             diverge: float | None = 4.0, device=None, skip_start: int | None = None, skip_end: int = 5,
-            group_lrs=None, progress: bool = False, warn: bool = True) -> LRFinderResult:
+            group_lrs=None, progress: bool = False, warn: bool = True, loss_floor: float = 0.0) -> LRFinderResult:
     """Run the LR range test and restore everything it touched; returns an `LRFinderResult`.
 
     `model` may be a `tlkit.Learner`: then its net, train loader, loss, optimizer recipe, precision and
@@ -491,15 +499,18 @@ def lr_find(model, train_loader=None, loss_fn=None, optimizer=None, start_lr: fl
     parameter groups). With an explicit `optimizer`, every group's LR is scaled together and their ratios
     kept; the reported LR is the largest group's. `diverge=None` runs all `num_it` steps. Suggestions use
     the smoothed curve with `skip_start` (default `num_it // 10`) and `skip_end` points trimmed.
+    `loss_floor`: the divergence tests count a best loss below it as it (for a network already near zero
+    loss, whose noise would otherwise read as divergence).
     """
     _check_args(start_lr, end_lr, num_it, mode, smooth, diverge, skip_start, skip_end, group_lrs)
+    check_positive("loss_floor", loss_floor, 0.1, allow_zero=True)
     net = model.net if _is_learner(model) else model
     sweeper = _sweep_learner(model, train_loader, loss_fn, optimizer, group_lrs, device, progress)
     loader = sweeper.dls.train
     if len(loader) == 0:
         raise ValueError("lr_find: the train loader yields no batches")
     schedule = lr_schedule(start_lr, end_lr, num_it, mode)
-    finder = LRFinder(schedule, smooth, diverge)
+    finder = LRFinder(schedule, smooth, diverge, loss_floor)
     kept_opt = optimizer if optimizer is not None else None
     snap = _snapshot(net, kept_opt)
     try:
@@ -514,4 +525,5 @@ def lr_find(model, train_loader=None, loss_fn=None, optimizer=None, start_lr: fl
     return LRFinderResult(lrs=lrs_arr, losses=np.asarray(finder.losses, float), smoothed=smoothed,
                           suggestions=suggest(lrs_arr, smoothed, skip_start=skip_start, skip_end=skip_end, warn=warn),
                           stopped_early=finder.reason != "completed", stop_reason=finder.reason, num_it=num_it,
-                          beta=smooth, skip_start=skip_start, skip_end=skip_end, weights_restored=restored)
+                          beta=smooth, skip_start=skip_start, skip_end=skip_end, weights_restored=restored,
+                          loss_floor=float(loss_floor))

@@ -19,8 +19,8 @@ from .data import DEFAULT_NORM
 
 __all__ = ["Net", "WeightsUnavailableError", "check_backbone", "count_params", "create", "eval_mode",
            "freeze", "freeze_batchnorm", "freeze_to", "group_table", "imagenet_classes", "imagenet_top_k",
-           "lite0_weights_path", "load_lite0_imagenet", "new_head", "split_body", "unfreeze", "BACKBONES",
-           "IMAGENET_NORM", "LITE0_NORM", "NORMS", "copy_state", "small_cnn"]
+           "lite0_weights_path", "load_lite0_imagenet", "new_head", "output_classes", "split_body", "unfreeze",
+           "BACKBONES", "IMAGENET_NORM", "LITE0_NORM", "NORMS", "copy_state", "small_cnn"]
 
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 LITE0_NORM = DEFAULT_NORM   # TF-ported EfficientNet-Lite0 was trained on inputs scaled to [-1, 1]
@@ -281,6 +281,14 @@ def eval_mode(*modules: nn.Module):
     finally:
         for m, training in flags.items():
             m.training = training
+
+
+def output_classes(net: nn.Module) -> int:
+    """How many classes `net` predicts: the output size of its last linear layer."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(net).__name__} has no linear layer, so no number of classes to read")
+    return linears[-1].out_features
 
 
 def count_params(net: nn.Module, trainable: bool = True) -> int:

@@ -12,6 +12,7 @@ verdicts on claims 18 and 19.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,12 +26,12 @@ from ..metrics import bootstrap_sum
 from ..optim import differential_lrs, lrs_for_groups
 
 __all__ = ["FineTuneRun", "Study", "change_table", "comparisons", "find_lr", "find_lrs",
-           "finetune_from", "first_conv", "frozen_bn_stats", "group_frozen", "group_labels",
-           "group_param_names", "plot_change_by_depth", "plot_change_by_group",
+           "finder_smoothing", "finetune_from", "first_conv", "frozen_bn_stats", "group_frozen", "group_labels",
+           "group_param_names", "loss_floor", "plot_change_by_depth", "plot_change_by_group",
            "plot_filters", "plot_finder", "ratio_label", "relative_change", "relative_change_by_group",
            "relative_change_by_tensor", "relearn_advantage", "rule_advantage", "run_study",
            "similar_set_note", "weights_of", "study", "study_on", "train_head", "verdict_ratio_rule",
-           "verdict_relearn", "FROZEN0"]
+           "verdict_relearn", "FLOOR_OF_CHANCE", "FROZEN0"]
 
 
 def group_param_names(net: nn.Module) -> list[list[str]]:
@@ -183,13 +184,38 @@ def train_head(task, net, epochs: int, lr: float, opt: str = "adamw", progress: 
     return float(learn.fit(epochs, lr)["val_acc"].iloc[-1])
 
 
+FLOOR_OF_CHANCE = 0.05      # loss floor of the divergence tests, as a share of the chance-level loss ln K
+
+
+def finder_smoothing(num_it: int, start_lr: float, end_lr: float) -> float:
+    """The EMA factor that averages the loss over about one decade of LR: 1 - 1 / (steps per decade).
+
+    Why not fastai's 0.98: that averages ~50 steps, fine over a 100-step sweep but, over 30 steps, the
+    smoothed loss is the mean of the whole sweep and crosses 'doubled' decades after training broke.
+    """
+    per_decade = num_it / math.log10(end_lr / start_lr)
+    return min(0.98, max(0.5, 1.0 - 1.0 / per_decade))
+
+
+def loss_floor(net: nn.Module) -> float:
+    """`FLOOR_OF_CHANCE` x ln K for a net with K outputs: below it, a trained head's loss is noise, not a level
+    whose doubling means training broke."""
+    return FLOOR_OF_CHANCE * math.log(models.output_classes(net))
+
+
 def find_lr(learn, ratio: float, num_it: int = 100, bn_stats: bool = True, start_lr: float = 1e-5,
             end_lr: float = 1.0):
-    """LR finder on the unfrozen net with the groups held `ratio` apart; the LRs it reports are the head's."""
+    """LR finder on the unfrozen net with the groups held `ratio` apart; the LRs it reports are the head's.
+
+    The sweep smooths over about one decade of LR and ignores rises below `loss_floor`: after the head
+    is trained the loss sits near zero, and without both, single hard batches read as divergence and the
+    chosen LR moved by a decade between seeds.
+    """
     from ..lr_finder import lr_find
     with contextlib.nullcontext() if bn_stats else frozen_bn_stats(learn.net):
         return lr_find(learn, group_lrs=differential_lrs(1.0, ratio, len(learn.net.groups)), num_it=num_it,
-                       start_lr=start_lr, end_lr=end_lr, skip_end=2, warn=False)
+                       start_lr=start_lr, end_lr=end_lr, skip_end=2, warn=False,
+                       smooth=finder_smoothing(num_it, start_lr, end_lr), loss_floor=loss_floor(learn.net))
 
 
 def change_table(runs: list[FineTuneRun], labels: list[str] | None = None) -> pd.DataFrame:
