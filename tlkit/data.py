@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import make_dataset
 from torchvision.transforms import v2 as T
 
-from . import fetch
+from . import fetch, image_checks
+from .env import cpu_cores
 from .errors import ChecksumError, DatasetLayoutError, DatasetNotFoundError, ParameterError
 from .validate import check_fraction, check_positive_int
 
@@ -272,9 +273,15 @@ def check_image(path: Path) -> str | None:
     return None
 
 
+_CHECK_RULE = f"check_image 1: {sorted(IMAGE_SUFFIXES)} {sorted(IMAGE_FORMATS)} draft 64 load"
+
+
 @lru_cache(maxsize=32)
 def scan_folder(root: str, classes: tuple[str, ...] | None = None) -> ScanResult:
-    """List class sub-folders of `root` and their valid images, skipping broken files with a warning."""
+    """List class sub-folders of `root` and their valid images, skipping broken files with a warning.
+
+    Each file is decoded once to check it; `image_checks` remembers the answers while the file is unchanged.
+    """
     base = Path(root)
     given = classes
     found = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -283,18 +290,13 @@ def scan_folder(root: str, classes: tuple[str, ...] | None = None) -> ScanResult
         raise DatasetLayoutError(
             f"{base} has no class sub-folders. Expected {base}/<class>/<image>.jpg "
             f"(or {base}/train/<class>/... and {base}/val/<class>/...).")
-    skipped = []
-
-    def usable(path: str) -> bool:   # torchvision's walk asks this of every file; the skip report is ours
-        if Path(path).name.startswith("."):
-            return False
-        problem = check_image(Path(path))
-        if problem:
-            skipped.append((path, problem))
-        return problem is None
-
     present = {cls: label for label, cls in enumerate(classes) if (base / cls).is_dir()}
-    samples = make_dataset(str(base), present, is_valid_file=usable, allow_empty=True)
+    listed = make_dataset(str(base), present, is_valid_file=lambda p: not Path(p).name.startswith("."),
+                          allow_empty=True)   # torchvision's walk lists; the checks and the skip report are ours
+    problems = image_checks.checked([p for p, _ in listed], base, check_image, _CHECK_RULE, cache_dir(),
+                                    cpu_cores())
+    skipped = [(p, problems[p]) for p, _ in listed if problems[p]]
+    samples = [(p, t) for p, t in listed if not problems[p]]
     if skipped:
         names = ", ".join(f"{Path(p).name} ({why})" for p, why in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""

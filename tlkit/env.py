@@ -11,7 +11,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-__all__ = ["environment_report", "memory_total_gb", "peak_rss_mb", "pick_device", "seed_everything",
+__all__ = ["cpu_cores", "environment_report", "memory_total_gb", "peak_rss_mb", "pick_device", "seed_everything",
            "set_threads", "threads"]
 
 
@@ -45,10 +45,15 @@ def seed_everything(seed: int) -> int:
     return seed
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may use (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def set_threads(n: int | None = None) -> int:
     """Use `n` CPU threads (default: every core the process may use); returns the count."""
     if n is None:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = cpu_cores()
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
 
