@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 import torch
 from PIL import Image
@@ -224,3 +224,84 @@ def test_splits_at_most_cuts_only_what_is_over_and_says_so(capsys):
     for bad in (0, 5, 2.5, "250"):                        # 5 < 10 classes: every class needs an image
         with pytest.raises(data.ParameterError, match="max_train"):
             splits.at_most(max_train=bad)
+
+
+def _photo_jpeg(path: Path, seed: int = 0, **save) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG", **save)
+    return path.read_bytes()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0.0, 1.0), progressive=st.booleans())
+def test_a_jpeg_cut_off_anywhere_is_skipped_and_a_whole_one_kept(tmp_path_factory, cut, progressive):
+    """The JPEG check reads structure, not pixels: every cut that loses the end-of-image marker is reported."""
+    folder = tmp_path_factory.mktemp("cut")
+    whole = _photo_jpeg(folder / "whole.jpg", progressive=progressive)
+    assert data.check_image(folder / "whole.jpg") is None
+    end = len(whole) - 2                                       # the marker's position: the file's last two bytes
+    assert whole[end:] == b"\xff\xd9"
+    (folder / "cut.jpg").write_bytes(whole[: int(cut * end)])
+    assert data.check_image(folder / "cut.jpg").startswith("corrupt")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0.0, 1.0, exclude_max=True), flip=st.floats(0.0, 1.0, exclude_max=True))
+def test_a_png_cut_off_or_with_a_damaged_byte_is_skipped(tmp_path_factory, cut, flip):
+    """PNG chunks carry checksums: a file cut before its end chunk and a changed byte inside the pixel data are
+    both reported."""
+    folder = tmp_path_factory.mktemp("png")
+    pixels = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "whole.png")
+    whole = (folder / "whole.png").read_bytes()
+    assert data.check_image(folder / "whole.png") is None
+    end = whole.index(b"IEND") - 4                  # the end chunk (no pixels) starts here
+    (folder / "cut.png").write_bytes(whole[: int(cut * end)])
+    assert data.check_image(folder / "cut.png").startswith("corrupt")
+    data_start = whole.index(b"IDAT") + 4
+    data_end = data_start + int.from_bytes(whole[data_start - 8: data_start - 4], "big")
+    at = data_start + int(flip * (data_end - data_start))
+    (folder / "flipped.png").write_bytes(whole[:at] + bytes([whole[at] ^ 0x40]) + whole[at + 1:])
+    assert data.check_image(folder / "flipped.png").startswith("corrupt")
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.3, 0.9, 0.999])
+def test_a_webp_cut_off_is_skipped(tmp_path, keep):
+    pixels = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "whole.webp")
+    whole = (tmp_path / "whole.webp").read_bytes()
+    assert data.check_image(tmp_path / "whole.webp") is None
+    (tmp_path / "cut.webp").write_bytes(whole[: int(keep * len(whole))])
+    assert data.check_image(tmp_path / "cut.webp").startswith("corrupt")
+
+
+def test_a_marker_before_the_compressed_data_does_not_hide_a_cut(tmp_path):
+    """An end marker inside a header segment (an EXIF thumbnail carries one) is not the image's end."""
+    whole = _photo_jpeg(tmp_path / "a.jpg")
+    payload = b"thumb\xff\xd8\xff\xd9"
+    app = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload      # an APP1 segment after SOI
+    with_thumb = whole[:2] + app + whole[2:]
+    (tmp_path / "thumb.jpg").write_bytes(with_thumb)
+    assert data.check_image(tmp_path / "thumb.jpg") is None
+    (tmp_path / "thumb_cut.jpg").write_bytes(with_thumb[: len(with_thumb) // 2 + len(app)])
+    assert data.check_image(tmp_path / "thumb_cut.jpg").startswith("corrupt")
+
+
+def test_a_motion_photo_with_a_video_after_the_image_is_kept_and_decodes(tmp_path):
+    whole = _photo_jpeg(tmp_path / "a.jpg")
+    video = bytes(np.random.default_rng(1).integers(0, 255, 200_000, dtype=np.uint8)).replace(b"\xff\xd9", b"\xff\x00")
+    (tmp_path / "motion.jpg").write_bytes(whole + video)
+    assert data.check_image(tmp_path / "motion.jpg") is None
+    assert data.load_rgb(str(tmp_path / "motion.jpg")).size == (64, 48)
+
+
+def test_a_jpeg_that_passes_the_check_but_cannot_be_decoded_names_itself(tmp_path):
+    """Damage inside the compressed data passes the structural check (its limit); decoding says which file."""
+    whole = _photo_jpeg(tmp_path / "a.jpg")
+    start = whole.index(b"\xff\xda")                          # start of scan
+    broken = whole[: start + 5] + b"\x77" + whole[start + 6:]   # the scan names Huffman tables that do not exist
+    (tmp_path / "bad.jpg").write_bytes(broken)
+    assert data.check_image(tmp_path / "bad.jpg") is None
+    images = data.ImageList([str(tmp_path / "bad.jpg")], [0], ["a"])
+    with pytest.raises(OSError, match=r"cannot read image .*bad\.jpg.*remove or replace"):
+        images.image(0)

@@ -2,6 +2,7 @@
 and two processes checking one folder leave one good record."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -69,7 +70,7 @@ def test_unchanged_files_are_not_decoded_again(tmp_path):
     assert first == truth(paths)
     assert {Path(p).name for p, why in first.items() if why} == {"broken.jpg", "notes.txt"}
     again, asked = run(paths, tmp_path, cache, workers=2)
-    assert asked == [] and again == first
+    assert asked == ["broken.jpg", "notes.txt"] and again == first   # failures are never taken from the record
 
 
 def test_a_changed_file_is_checked_again(tmp_path):
@@ -78,10 +79,10 @@ def test_a_changed_file_is_checked_again(tmp_path):
     good1 = tmp_path / "photos" / "good1.jpg"
     good1.write_bytes(good1.read_bytes()[:80])    # truncated: another size
     age(good1, 5)
-    notes = tmp_path / "photos" / "notes.txt"
-    age(notes, 7)                                  # only touched: another modification time
+    good2 = tmp_path / "photos" / "good2.jpg"
+    age(good2, 7)                                  # only touched: another modification time
     answers, asked = run(paths, tmp_path, cache)
-    assert asked == ["good1.jpg", "notes.txt"]
+    assert asked == ["broken.jpg", "good1.jpg", "good2.jpg", "notes.txt"]
     assert answers == truth(paths) and answers[str(good1)]
 
 
@@ -92,7 +93,7 @@ def test_a_file_written_within_the_clock_tick_is_not_trusted(tmp_path):
     os.utime(fresh)                                 # modified now, as the record is written
     run(paths, tmp_path, cache)
     _, asked = run(paths, tmp_path, cache)
-    assert asked == ["good2.jpg"]
+    assert asked == ["broken.jpg", "good2.jpg", "notes.txt"]
 
 
 def test_without_a_cache_every_file_is_checked_each_time(tmp_path):
@@ -102,30 +103,71 @@ def test_without_a_cache_every_file_is_checked_each_time(tmp_path):
         assert len(asked) == len(paths) and answers == truth(paths)
 
 
-@pytest.mark.parametrize("damage", [b"{\"written_ns\": 1, \"files\": {", b"[]", b"\x00\xff garbage",
-                                    b'{"written_ns": "late", "files": {}}',
-                                    b'{"written_ns": 1, "files": {"good0.jpg": [1]}}',
-                                    b'{"written_ns": 1, "files": ["good0.jpg"]}'])
+def test_broken_files_are_checked_on_every_scan(tmp_path):
+    """Only usable files are recorded: a failure may be passing (permissions, a network drive), so it is not kept."""
+    paths, cache = folder(tmp_path), tmp_path / "cache"
+    run(paths, tmp_path, cache)
+    answers, asked = run(paths, tmp_path, cache)
+    assert asked == ["broken.jpg", "notes.txt"] and answers == truth(paths)
+    broken = tmp_path / "photos" / "broken.jpg"
+    good = (tmp_path / "photos" / "good0.jpg").read_bytes()
+    broken.write_bytes(good)                        # the download finished
+    age(broken, 5)
+    answers, _ = run(paths, tmp_path, cache)
+    assert answers[str(broken)] is None
+
+
+def test_a_file_changed_during_a_slow_scan_is_checked_again(tmp_path, monkeypatch):
+    """Overwritten after it was checked, with the same size and modification time (a coarse clock): not trusted."""
+    paths, cache = folder(tmp_path), tmp_path / "cache"
+    target = tmp_path / "photos" / "good2.jpg"
+    os.utime(target)                                 # modified as the scan starts
+    stamp, size = target.stat().st_mtime_ns, target.stat().st_size
+
+    def slow_check(path):
+        time.sleep(0.5 if path.name == "good2.jpg" else 0.0)
+        return data.check_image(path)
+
+    monkeypatch.setattr(image_checks, "RACY_NS", 300_000_000)   # a 0.3 s tick, which the scan (0.5 s) outlasts
+    image_checks.checked(paths, tmp_path / "photos", slow_check, RULE, cache)
+    target.write_bytes(b"\0" * size)                            # garbage of the same size ...
+    os.utime(target, ns=(stamp, stamp))                         # ... and the same modification time
+    answers, asked = run(paths, tmp_path, cache)
+    assert "good2.jpg" in asked and answers == truth(paths) and answers[str(target)]
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+@pytest.mark.parametrize("damage", ['{"started_ns": 1, "usable": {', "[]", "\u0000\u00ff garbage",
+                                    '{"started_ns": "late", "usable": {}}',
+                                    '{"started_ns": NOW, "usable": {"good0.jpg": [1]}}',
+                                    '{"started_ns": NOW, "usable": ["good0.jpg"]}',
+                                    '{"started_ns": NOW, "usable": {"good0.jpg": ["big", "late"]}}',
+                                    '{"started_ns": NOW, "files": {}}'])
 def test_a_damaged_record_is_rebuilt_not_served(tmp_path, damage):
     paths, cache = folder(tmp_path), tmp_path / "cache"
     record = image_checks.record_path(tmp_path / "photos", cache, RULE)
     record.parent.mkdir(parents=True)
-    record.write_bytes(damage)
+    record.write_text(damage.replace("NOW", str(_now_ns())))
     answers, asked = run(paths, tmp_path, cache)
     assert len(asked) == len(paths) and answers == truth(paths)
-    assert set(json.loads(record.read_text())["files"]) == {Path(p).name for p in paths}
+    assert set(json.loads(record.read_text())["usable"]) == {Path(p).name for p in paths if not truth(paths)[p]}
     _, asked = run(paths, tmp_path, cache)
-    assert asked == []
+    assert asked == ["broken.jpg", "notes.txt"]
 
 
 def test_a_record_of_another_folder_or_rule_is_not_used(tmp_path):
     paths, cache = folder(tmp_path), tmp_path / "cache"
     run(paths, tmp_path, cache)
-    assert image_checks.record_path(tmp_path / "photos", cache, "another rule") != \
-        image_checks.record_path(tmp_path / "photos", cache, RULE)
-    check = CountingCheck()
-    image_checks.checked(paths, tmp_path / "photos", check, "another rule", cache)
-    assert len(check.asked) == len(paths)
+    for root, rule in ((tmp_path / "photos", "another rule"), (tmp_path / "copy", RULE)):
+        if root.name == "copy":
+            shutil.copytree(tmp_path / "photos", root, copy_function=shutil.copy2)   # same sizes and times
+        check = CountingCheck()
+        moved = [str(root / Path(p).name) for p in paths]
+        assert image_checks.checked(moved, root, check, rule, cache) == truth(moved)
+        assert len(check.asked) == len(paths)
 
 
 _CHILD = """
@@ -155,9 +197,10 @@ def test_two_processes_checking_one_folder_leave_one_good_record(tmp_path):
         assert child.returncode == 0, err
     records = list((cache / image_checks.FOLDER).iterdir())
     assert [r.name for r in records] == [image_checks.record_path(tmp_path / "photos", cache, RULE).name]
-    assert set(json.loads(records[0].read_text())["files"]) == {Path(p).name for p in paths}
+    usable = {Path(p).name for p, why in truth(paths).items() if why is None}
+    assert set(json.loads(records[0].read_text())["usable"]) == usable and len(usable) == 43
     answers, asked = run(paths, tmp_path, cache)
-    assert asked == [] and answers == truth(paths)
+    assert asked == ["broken.jpg", "notes.txt"] and answers == truth(paths)
 
 
 _ACTIONS = st.lists(st.tuples(st.sampled_from(["good", "truncate", "text", "delete", "touch", "scan"]),
@@ -216,5 +259,5 @@ def test_scan_folder_serves_its_skip_report_from_the_record(tmp_path, monkeypatc
         with pytest.warns(UserWarning, match=r"skipped 1 file.*broken\.jpg"):
             results.append(data.scan_folder(str(root)))
     data.scan_folder.cache_clear()
-    assert len(check.asked) == 5              # the first scan decoded every file, the second none
+    assert len(check.asked) == 6              # the first scan decoded all 5 files, the second only the broken one
     assert results[0] == results[1] and len(results[0].samples) == 4

@@ -258,22 +258,93 @@ class ScanResult:
     skipped: tuple[tuple[str, str], ...] = ()
 
 
+_JPEG_END = b"\xff\xd9"   # end-of-image marker; inside the compressed data every 0xFF is followed by 0x00 or a restart
+
+
+def _jpeg_scan_start(f) -> int | None:
+    """The offset of a JPEG's compressed data (just past its first start-of-scan header), found by walking the
+    header segments from the start; None when the header ends first."""
+    f.seek(2)                                             # past start-of-image
+    while True:
+        head = f.read(2)
+        if len(head) < 2 or head[0] != 0xFF:
+            return None
+        marker = head[1]
+        while marker == 0xFF:                             # fill bytes before a marker
+            more = f.read(1)
+            if not more:
+                return None
+            marker = more[0]
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:     # markers without a length
+            continue
+        if marker == 0xD9:                                # the end, before any scan
+            return None
+        size = f.read(2)
+        if len(size) < 2 or int.from_bytes(size, "big") < 2:
+            return None
+        if marker == 0xDA:
+            return f.tell() + int.from_bytes(size, "big") - 2
+        f.seek(int.from_bytes(size, "big") - 2, os.SEEK_CUR)
+
+
+def _jpeg_has_end(path: Path) -> bool:
+    """Whether an end-of-image marker follows the compressed data: the last 64 KiB first, as it usually ends the
+    file, then everything after the scan header (a motion photo appends a video after it)."""
+    with open(path, "rb") as f:
+        start = _jpeg_scan_start(f)
+        if start is None:
+            return False
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(start, size - 65536))
+        if _JPEG_END in f.read():
+            return True
+        f.seek(start)
+        return _JPEG_END in f.read()
+
+
+def _riff_complete(path: Path) -> bool:
+    """Whether a RIFF file (WebP) is as long as its header says."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        return len(head) == 12 and f.seek(0, os.SEEK_END) >= int.from_bytes(head[4:8], "little") + 8
+
+
 def check_image(path: Path) -> str | None:
-    """Return why `path` is not a usable photo, or None if it decodes."""
+    """Return why `path` is not a usable photo, or None if it is one.
+
+    A JPEG is checked by its structure (the header parses, an end-of-image marker follows the compressed data), a
+    PNG by its chunks' checksums, a WebP by its length; other formats are decoded. Why: that catches the usual
+    damage, a cut-off download, at a few percent of the cost of decoding (a 12-megapixel JPEG takes 19 ms even at
+    1/8 scale, a 2000 x 1500 PNG 62 ms, the WebP 54 ms). A file that still fails when a lesson decodes it stops with
+    an error naming it.
+    """
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return "not a supported image type"
     try:
         with Image.open(path) as im:
             if im.format not in IMAGE_FORMATS:
                 return f"{im.format} is not a photo format"
-            im.draft("RGB", (64, 64))  # JPEG: decode at 1/8 size; catches truncation cheaply
-            im.load()
+            if im.format in ("JPEG", "MPO"):
+                if not _jpeg_has_end(path):
+                    return "corrupt (cut off: the JPEG has no end-of-image marker)"
+            elif im.format == "PNG":
+                im.verify()          # every chunk's checksum, up to the end chunk, without inflating the pixels
+            elif im.format == "WEBP":
+                if not _riff_complete(path):
+                    return "corrupt (cut off: shorter than its RIFF header says)"
+            else:
+                im.load()
     except Exception as exc:  # PIL raises many types for broken files
         return f"corrupt ({type(exc).__name__}: {exc})"
     return None
 
 
-_CHECK_RULE = f"check_image 1: {sorted(IMAGE_SUFFIXES)} {sorted(IMAGE_FORMATS)} draft 64 load"
+def _check_rule() -> str:
+    """Everything `check_image`'s answer depends on besides the file, for the folder-check record's key."""
+    import PIL
+    from PIL import ImageFile
+    return (f"check_image 2: {sorted(IMAGE_SUFFIXES)} {sorted(IMAGE_FORMATS)} JPEG header and end marker,"
+            f" PNG verify, WebP length, others load, Pillow {PIL.__version__} max_pixels {Image.MAX_IMAGE_PIXELS} truncated_ok {ImageFile.LOAD_TRUNCATED_IMAGES}")
 
 
 @lru_cache(maxsize=32)
@@ -293,7 +364,7 @@ def scan_folder(root: str, classes: tuple[str, ...] | None = None) -> ScanResult
     present = {cls: label for label, cls in enumerate(classes) if (base / cls).is_dir()}
     listed = make_dataset(str(base), present, is_valid_file=lambda p: not Path(p).name.startswith("."),
                           allow_empty=True)   # torchvision's walk lists; the checks and the skip report are ours
-    problems = image_checks.checked([p for p, _ in listed], base, check_image, _CHECK_RULE, cache_dir(),
+    problems = image_checks.checked([p for p, _ in listed], base, check_image, _check_rule(), cache_dir(),
                                     cpu_cores())
     skipped = [(p, problems[p]) for p, _ in listed if problems[p]]
     samples = [(p, t) for p, t in listed if not problems[p]]
@@ -364,7 +435,7 @@ class ImageList(Dataset):
         try:
             return load_rgb(item, self.decode_size)
         except Exception as exc:
-            raise OSError(f"cannot read image {item}: {exc}") from exc
+            raise OSError(f"cannot read image {item}: {exc} (remove or replace the file)") from exc
 
     def __getitem__(self, i: int):
         img = self.image(i)
