@@ -258,12 +258,14 @@ class ScanResult:
     skipped: tuple[tuple[str, str], ...] = ()
 
 
-_JPEG_END = b"\xff\xd9"   # end-of-image marker; inside the compressed data every 0xFF is followed by 0x00 or a restart
+_JPEG_END = b"\xff\xd9"   # end-of-image marker. Inside entropy-coded data every 0xFF is followed by 0x00 or a
+# restart marker; only a header segment between a progressive JPEG's scans (a comment) could hold one by chance.
 
 
 def _jpeg_scan_start(f) -> int | None:
     """The offset of a JPEG's compressed data (just past its first start-of-scan header), found by walking the
-    header segments from the start; None when the header ends first."""
+    header segments from the start; None when the header ends first or holds stray bytes (then `check_image`
+    decodes the file: libjpeg skips such bytes with a warning)."""
     f.seek(2)                                             # past start-of-image
     while True:
         head = f.read(2)
@@ -309,14 +311,30 @@ def _riff_complete(path: Path) -> bool:
         return len(head) == 12 and f.seek(0, os.SEEK_END) >= int.from_bytes(head[4:8], "little") + 8
 
 
+def _structure_is_whole(im: Image.Image, path: Path) -> bool:
+    """Whether an opened image's file looks whole without decoding it (False: cannot tell, or it does not)."""
+    if im.format in ("JPEG", "MPO"):
+        return _jpeg_has_end(path)
+    if im.format == "PNG":
+        try:
+            im.verify()      # every chunk's checksum, up to the end chunk, without inflating the pixels
+        except Exception:    # PIL raises many types for broken files
+            return False
+        return True
+    if im.format == "WEBP":
+        return _riff_complete(path)
+    return False
+
+
 def check_image(path: Path) -> str | None:
     """Return why `path` is not a usable photo, or None if it is one.
 
-    A JPEG is checked by its structure (the header parses, an end-of-image marker follows the compressed data), a
-    PNG by its chunks' checksums, a WebP by its length; other formats are decoded. Why: that catches the usual
-    damage, a cut-off download, at a few percent of the cost of decoding (a 12-megapixel JPEG takes 19 ms even at
-    1/8 scale, a 2000 x 1500 PNG 62 ms, the WebP 54 ms). A file that still fails when a lesson decodes it stops with
-    an error naming it.
+    A JPEG is first checked by its structure (the header parses, an end-of-image marker follows the compressed
+    data), a PNG by its chunks' checksums, a WebP by its length; a file that fails that, and every other format,
+    is decoded, so a file that decodes is never refused. Why: the structure catches the usual damage, a cut-off
+    download, at a few percent of the cost of decoding (a 12-megapixel JPEG takes 19 ms even at 1/8 scale, a
+    2000 x 1500 PNG 62 ms, the WebP 54 ms). Damage inside whole-looking compressed data passes; a lesson that
+    decodes such a file stops with an error naming it.
     """
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return "not a supported image type"
@@ -324,16 +342,11 @@ def check_image(path: Path) -> str | None:
         with Image.open(path) as im:
             if im.format not in IMAGE_FORMATS:
                 return f"{im.format} is not a photo format"
-            if im.format in ("JPEG", "MPO"):
-                if not _jpeg_has_end(path):
-                    return "corrupt (cut off: the JPEG has no end-of-image marker)"
-            elif im.format == "PNG":
-                im.verify()          # every chunk's checksum, up to the end chunk, without inflating the pixels
-            elif im.format == "WEBP":
-                if not _riff_complete(path):
-                    return "corrupt (cut off: shorter than its RIFF header says)"
-            else:
-                im.load()
+            if _structure_is_whole(im, path):
+                return None
+        with Image.open(path) as im:      # cannot tell from the structure: decode, as a lesson would
+            im.draft("RGB", (64, 64))     # JPEG: decode at 1/8 size
+            im.load()
     except Exception as exc:  # PIL raises many types for broken files
         return f"corrupt ({type(exc).__name__}: {exc})"
     return None
@@ -343,8 +356,9 @@ def _check_rule() -> str:
     """Everything `check_image`'s answer depends on besides the file, for the folder-check record's key."""
     import PIL
     from PIL import ImageFile
-    return (f"check_image 2: {sorted(IMAGE_SUFFIXES)} {sorted(IMAGE_FORMATS)} JPEG header and end marker,"
-            f" PNG verify, WebP length, others load, Pillow {PIL.__version__} max_pixels {Image.MAX_IMAGE_PIXELS} truncated_ok {ImageFile.LOAD_TRUNCATED_IMAGES}")
+    return (f"check_image 3: {sorted(IMAGE_SUFFIXES)} {sorted(IMAGE_FORMATS)}; JPEG header and end marker, PNG verify,"
+            f" WebP length, else (or failing those) draft 64 load; Pillow {PIL.__version__},"
+            f" max_pixels {Image.MAX_IMAGE_PIXELS}, truncated_ok {ImageFile.LOAD_TRUNCATED_IMAGES}")
 
 
 @lru_cache(maxsize=32)
