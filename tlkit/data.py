@@ -738,8 +738,13 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, num_workers: int = 
 def dataloaders(dataset: str | os.PathLike | Splits = "hymenoptera", image_size: int = 128, norm=DEFAULT_NORM,
                 batch_size: int = 32, augment: bool = True, fraction: float = 1.0, seed: int = 0,
                 num_workers: int = 0, train_tfm: Callable | None = None, val_tfm: Callable | None = None,
-                val_fraction: float = 0.2) -> DataLoaders:
-    """Training/validation loaders for a dataset name, folder or `Splits`, at one image size."""
+                val_fraction: float = 0.2, decoded: bool = False) -> DataLoaders:
+    """Training/validation loaders for a dataset name, folder or `Splits`, at one image size.
+
+    With `decoded`, the images are decoded once (`in_memory`, through the course-wide cache) and every batch
+    reads pixels. Why: a batch of camera photos costs 19 ms an image to decode even at reduced scale, more than
+    the network's step at quick-preset sizes.
+    """
     check_positive_int("image_size", image_size, 128)
     check_fraction("fraction", fraction, 0.5)
     splits = dataset if isinstance(dataset, Splits) else get_splits(dataset, seed=seed, val_fraction=val_fraction,
@@ -747,8 +752,11 @@ def dataloaders(dataset: str | os.PathLike | Splits = "hymenoptera", image_size:
     splits.check_image_size(image_size)
     train = splits.train if fraction == 1 else splits.train.subset(float(fraction), seed)
     decode = decode_size(image_size)
+    val = splits.val
+    if decoded:   # at the evaluation view's shorter side: the entry `features.precompute_splits` decodes too
+        train, val = in_memory(train, eval_resize(image_size)), in_memory(val, eval_resize(image_size))
     train = train.with_transform(train_tfm or train_transform(image_size, norm, augment), decode)
-    val = splits.val.with_transform(val_tfm or eval_transform(image_size, norm), decode)
+    val = val.with_transform(val_tfm or eval_transform(image_size, norm), decode)
     return DataLoaders(make_loader(train, batch_size, True, num_workers),
                        make_loader(val, batch_size * 2, False, num_workers),
                        splits.classes, splits)

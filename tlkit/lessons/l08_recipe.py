@@ -323,9 +323,12 @@ class Recipe:
         full = splits or data.get_splits(dataset, seed=seed, val_fraction=val_fraction, image_size=image_size)
         if test is None and test_fraction:
             full, test = hold_out_test(full, test_fraction, seed)
-        self.splits = replace(full, train=_cap(full.train, max_train, seed),
-                                          val=_cap(full.val, max_val, seed))
-        self.test = _cap(test, max_test, seed) if test is not None else None
+        # every image shown or transformed here decodes at the size its views need, not at the file's: a
+        # 12-megapixel photo decodes 1/8 scale (Why: full size cost lesson 08 a gigabyte on a folder of such photos)
+        decode = data.decode_size(image_size)
+        self.splits = replace(full, train=_cap(full.train, max_train, seed).with_transform(None, decode),
+                              val=_cap(full.val, max_val, seed).with_transform(None, decode))
+        self.test = _cap(test, max_test, seed).with_transform(None, decode) if test is not None else None
         self.classes = list(self.splits.classes)
         self.net = models.create(backbone, len(self.classes)).to(self.device)
         self.body_id = self.net.weights_id()   # the pretrained body the features come from
@@ -1070,8 +1073,10 @@ def predict_files(bundle: ModelBundle, paths: Sequence, batch_size: int = 8) -> 
     device = tta.model_device(net)
     items = [p if isinstance(p, np.ndarray) else str(p) for p in paths]
 
-    def load(item):
-        return Image.fromarray(item).convert("RGB") if isinstance(item, np.ndarray) else data.load_rgb(item)
+    shorter = data.eval_resize(bundle.preprocessing["image_size"], bundle.preprocessing["crop_pct"])
+
+    def load(item):   # a JPEG decodes at the reduced scale that still covers the view (as in training)
+        return Image.fromarray(item).convert("RGB") if isinstance(item, np.ndarray) else data.load_rgb(item, shorter)
 
     probs = []
     for i in range(0, len(items), batch_size):
