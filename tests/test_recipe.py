@@ -341,3 +341,29 @@ def test_fit_budget_caps_training_images_stratified_and_the_retrain_replays_it(t
     final = r.retrain_on_all(eval_images=8)
     assert len(final.train_fs) == 16 + len(r.splits.val)
     assert len(final.dls.train.dataset) == 16   # as many body images, drawn from training + validation images
+
+
+def test_large_photos_decode_at_the_size_their_views_need(tmp_path):
+    """A camera photo is decoded at reduced scale for showing, training views and predicting, never at full size."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["bluish", "reddish"]):
+        (tmp_path / "big" / name).mkdir(parents=True)
+        for i in range(6):
+            small = rng.integers(0, 120, size=(75, 100, 3), dtype=np.uint8)
+            small[..., 2 - 2 * c] += 120
+            Image.fromarray(small).resize((1600, 1200)).save(tmp_path / "big" / name / f"{i}.jpg")
+    r = recipe.Recipe(str(tmp_path / "big"), image_size=SIZE, batch_size=4, progress=False,
+                      cache_dir=tmp_path / "features")
+    need = data.decode_size(SIZE)
+    for images in (r.splits.train, r.splits.val, r.test):
+        shorter = min(images.image(0).size)
+        assert need <= shorter < 1200 / 4            # JPEG draft: 1/8 scale here (150 px), not 1200 px
+    files = sorted(str(p) for p in (tmp_path / "big").rglob("*.jpg"))[:4]
+    bundle = recipe.ModelBundle(r.net, r.classes, {"image_size": SIZE, "crop_pct": data.CROP_FRACTION,
+                                                   "norm": r.net.norm})
+    got = recipe.predict_files(bundle, files)
+    view = data.eval_transform(SIZE, r.net.norm)
+    x = torch.stack([view(data.load_rgb(f, data.eval_resize(SIZE))) for f in files])
+    with torch.no_grad():
+        expected = r.net.eval()(x).softmax(1)
+    np.testing.assert_allclose(got["probability"], expected.max(1).values.numpy(), rtol=1e-5)
