@@ -343,27 +343,41 @@ def test_fit_budget_caps_training_images_stratified_and_the_retrain_replays_it(t
     assert len(final.dls.train.dataset) == 16   # as many body images, drawn from training + validation images
 
 
-def test_large_photos_decode_at_the_size_their_views_need(tmp_path):
-    """A camera photo is decoded at reduced scale for showing, training views and predicting, never at full size."""
+def _jpeg_folder(root, shape, per_class=6):
     rng = np.random.default_rng(0)
     for c, name in enumerate(["bluish", "reddish"]):
-        (tmp_path / "big" / name).mkdir(parents=True)
-        for i in range(6):
-            small = rng.integers(0, 120, size=(75, 100, 3), dtype=np.uint8)
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            small = rng.integers(0, 120, size=(shape[0] // 16, shape[1] // 16, 3), dtype=np.uint8)
             small[..., 2 - 2 * c] += 120
-            Image.fromarray(small).resize((1600, 1200)).save(tmp_path / "big" / name / f"{i}.jpg")
-    r = recipe.Recipe(str(tmp_path / "big"), image_size=SIZE, batch_size=4, progress=False,
-                      cache_dir=tmp_path / "features")
+            Image.fromarray(small).resize((shape[1], shape[0])).save(root / name / f"{i}.jpg")
+    return root
+
+
+def test_large_photos_decode_at_the_size_their_views_need(tmp_path):
+    """A camera photo is decoded at reduced scale for showing and for training views, never at full size."""
+    r = recipe.Recipe(str(_jpeg_folder(tmp_path / "big", (1200, 1600))), image_size=SIZE, batch_size=4,
+                      progress=False, cache_dir=tmp_path / "features")
     need = data.decode_size(SIZE)
     for images in (r.splits.train, r.splits.val, r.test):
         shorter = min(images.image(0).size)
         assert need <= shorter < 1200 / 4            # JPEG draft: 1/8 scale here (150 px), not 1200 px
-    files = sorted(str(p) for p in (tmp_path / "big").rglob("*.jpg"))[:4]
-    bundle = recipe.ModelBundle(r.net, r.classes, {"image_size": SIZE, "crop_pct": data.CROP_FRACTION,
+
+
+@pytest.mark.parametrize("size, shape", [(SIZE, (1200, 1600)), (56, (128, 160))])
+def test_predict_files_sees_what_the_recipe_evaluated(tmp_path, size, shape):
+    """predict_files on the test files gives the network's output on the recipe's own evaluation view of them.
+
+    At 56 px on 128-px photos the evaluation resize (64) and the decode size (65) fall on both sides of
+    JPEG's 1/2 scale, so a decode at the wrong size would show."""
+    r = recipe.Recipe(str(_jpeg_folder(tmp_path / "photos", shape)), image_size=size, batch_size=4,
+                      progress=False, cache_dir=tmp_path / "features")
+    files = list(r.test.items[:4])
+    bundle = recipe.ModelBundle(r.net, r.classes, {"image_size": size, "crop_pct": data.CROP_FRACTION,
                                                    "norm": r.net.norm})
     got = recipe.predict_files(bundle, files)
-    view = data.eval_transform(SIZE, r.net.norm)
-    x = torch.stack([view(data.load_rgb(f, data.eval_resize(SIZE))) for f in files])
+    view = data.eval_transform(size, r.net.norm)
+    x = torch.stack([view(r.test.image(i)) for i in range(len(files))])
     with torch.no_grad():
         expected = r.net.eval()(x).softmax(1)
     np.testing.assert_allclose(got["probability"], expected.max(1).values.numpy(), rtol=1e-5)

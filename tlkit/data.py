@@ -114,9 +114,9 @@ def eval_resize(image_size: int, crop_pct: float = CROP_FRACTION) -> int:
     return int(round(image_size / crop_pct))
 
 
-def decode_size(image_size: int) -> int:
+def decode_size(image_size: int, crop_pct: float = CROP_FRACTION) -> int:
     """The shorter side to decode an image at for an `image_size` view (covers the evaluation resize)."""
-    return int(image_size / CROP_FRACTION) + 1
+    return int(image_size / crop_pct) + 1
 
 
 def largest_image_size(shorter_side: int) -> int:
@@ -741,9 +741,11 @@ def dataloaders(dataset: str | os.PathLike | Splits = "hymenoptera", image_size:
                 val_fraction: float = 0.2, decoded: bool = False) -> DataLoaders:
     """Training/validation loaders for a dataset name, folder or `Splits`, at one image size.
 
-    With `decoded`, the images are decoded once (`in_memory`, through the course-wide cache) and every batch
-    reads pixels. Why: a batch of camera photos costs 19 ms an image to decode even at reduced scale, more than
-    the network's step at quick-preset sizes.
+    With `decoded`, the images are decoded once (`in_memory`, through the course-wide cache) and stored with their
+    shorter side at `eval_resize(image_size)`; every batch reads those pixels. The evaluation view is then the
+    same, bit for bit; training views are resized from the stored copy, so a small random crop is a little softer
+    than one cut from a fresh decode. Why: a batch of camera photos costs 19 ms an image to decode even at reduced
+    scale, more than the network's step at quick-preset sizes.
     """
     check_positive_int("image_size", image_size, 128)
     check_fraction("fraction", fraction, 0.5)

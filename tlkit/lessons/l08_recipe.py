@@ -323,8 +323,9 @@ class Recipe:
         full = splits or data.get_splits(dataset, seed=seed, val_fraction=val_fraction, image_size=image_size)
         if test is None and test_fraction:
             full, test = hold_out_test(full, test_fraction, seed)
-        # every image shown or transformed here decodes at the size its views need, not at the file's: a
-        # 12-megapixel photo decodes 1/8 scale (Why: full size cost lesson 08 a gigabyte on a folder of such photos)
+        # every image shown or transformed here decodes at the size its `image_size` views need, not at the file's:
+        # a 12-megapixel photo decodes at 1/8 scale (full size cost lesson 08 a gigabyte on a folder of such
+        # photos). A view larger than `image_size` made from these lists must pass its own decode size.
         decode = data.decode_size(image_size)
         self.splits = replace(full, train=_cap(full.train, max_train, seed).with_transform(None, decode),
                               val=_cap(full.val, max_val, seed).with_transform(None, decode))
@@ -1073,9 +1074,9 @@ def predict_files(bundle: ModelBundle, paths: Sequence, batch_size: int = 8) -> 
     device = tta.model_device(net)
     items = [p if isinstance(p, np.ndarray) else str(p) for p in paths]
 
-    shorter = data.eval_resize(bundle.preprocessing["image_size"], bundle.preprocessing["crop_pct"])
+    shorter = data.decode_size(bundle.preprocessing["image_size"], bundle.preprocessing["crop_pct"])
 
-    def load(item):   # a JPEG decodes at the reduced scale that still covers the view (as in training)
+    def load(item):   # a JPEG decodes at the reduced scale the recipe's own evaluation uses
         return Image.fromarray(item).convert("RGB") if isinstance(item, np.ndarray) else data.load_rgb(item, shorter)
 
     probs = []
