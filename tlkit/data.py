@@ -365,7 +365,8 @@ def _check_rule() -> str:
 def scan_folder(root: str, classes: tuple[str, ...] | None = None) -> ScanResult:
     """List class sub-folders of `root` and their valid images, skipping broken files with a warning.
 
-    Each file is decoded once to check it; `image_checks` remembers the answers while the file is unchanged.
+    Each file is checked once (`check_image`: its structure, or a decode); `image_checks` remembers the usable
+    ones while they are unchanged.
     """
     base = Path(root)
     given = classes
