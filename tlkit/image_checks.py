@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
+
+from .storage import atomic_write
 
 __all__ = ["FOLDER", "RACY_NS", "checked", "record_path"]
 
@@ -49,17 +50,11 @@ def _load(path: Path) -> dict[str, tuple[int, int]]:
 
 def _save(path: Path, started_ns: int, entries: dict[str, tuple[int, int]]) -> None:
     """Write the record atomically; a cache that cannot be written only means checking again next time."""
+    record = {"started_ns": started_ns, "usable": {k: list(v) for k, v in entries.items()}}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        atomic_write(path, lambda f: f.write(json.dumps(record).encode()))
     except OSError:
-        return
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"started_ns": started_ns, "usable": {k: list(v) for k, v in entries.items()}}, f)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+        pass
 
 
 def checked(paths: Sequence[str], root: Path, check: Callable[[Path], str | None], rule: str,
