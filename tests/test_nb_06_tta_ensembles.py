@@ -11,8 +11,9 @@ def test_claims_20_to_22_are_recorded(lesson_metrics):
     """Whether TTA or the ensemble helps is what the verdicts report; only their bookkeeping is checked here."""
     m = lesson_metrics("06")
     verdicts = recorded_claims(m, [20, 21, 22])
-    assert verdicts[21]["n"] == verdicts[22]["n"] == m["n_val"]
-    # TTA is judged by the log-loss it saves over the plain centre crop, on the same images as the table
+    # TTA is judged on every image the run keeps (training and validation, cross-fitted), not the validation split
+    assert verdicts[21]["n"] == verdicts[22]["n"] == m["n_tta_images"] == 600
+    # by the log-loss it saves over the plain centre crop, on the same images as the table
     assert verdicts[21]["effect"] == pytest.approx(m["loss_single"] - m["loss_tencrop_tta"], abs=1e-5)
     assert verdicts[22]["effect"] == pytest.approx(m["loss_single"] - m["loss_aug_tta"], abs=1e-5)
     members = m["members_table"]
@@ -44,11 +45,12 @@ def test_average_outputs_not_weights(lesson_metrics):
 
 def test_tta_bookkeeping_is_consistent(lesson_metrics):
     m = lesson_metrics("06")
-    assert m["acc_single"] >= 0.75, "the pretrained body + head should classify well above chance (0.5)"
-    # ten-crop changes accuracy by exactly (images fixed - images broken) / validation images
-    assert m["acc_tencrop_tta"] - m["acc_single"] == pytest.approx((m["tta_fixed"] - m["tta_broken"]) / m["n_val"],
-                                                                   abs=1e-6)
-    assert 0 <= m["merge_disagreements"] <= m["n_val"]
+    # 10 texture classes: the cross-fitted heads on the pretrained body are far above chance (0.1)
+    assert m["acc_single"] >= 0.4
+    # ten-crop changes accuracy by exactly (images fixed - images broken) / images
+    assert m["acc_tencrop_tta"] - m["acc_single"] == pytest.approx(
+        (m["tta_fixed"] - m["tta_broken"]) / m["n_tta_images"], abs=1e-6)
+    assert 0 <= m["merge_disagreements"] <= m["n_tta_images"]
     heads = m["acc_vs_members"][next(k for k in m["acc_vs_members"] if "heads" in k)]
     assert [row["members"] for row in heads] == list(range(1, len(heads) + 1))
     cost = {row["method"]: row for row in m["cost_table"]}
@@ -61,6 +63,7 @@ def test_quick_preset_fits_binder(lesson_result):
 
 def test_a_folder_of_5000_images_is_limited_to_the_presets_images(big_folder, run_on_folder):
     result, text = run_on_folder("06", big_folder)
-    assert "has 4,000 training / 1,000 validation images; using a seeded, stratified 500 / 200" in text
-    assert "500 training / 200 validation images" in text
+    assert "has 4,000 training / 1,000 validation images; using a seeded, stratified 480 / 120" in text
+    assert "480 training / 120 validation images" in text
+    assert "600 images x 19 views" in text
     assert result.peak_mb < 1536

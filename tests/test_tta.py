@@ -9,7 +9,11 @@ from torch import nn
 from torchvision.transforms import v2 as T
 
 from tlkit import data, tta
+from tlkit.data import ImageList, Splits
+from tlkit.errors import ParameterError
+from tlkit.features import FeatureSet
 from tlkit.lessons import l06_tta_ensembles
+from tlkit.lessons import l06_tta_ensembles as lesson
 from tlkit import metrics
 
 NORM = ((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
@@ -210,3 +214,61 @@ def test_cost_ratio_of_ten_views_is_about_ten():
     assert 3 < cost["ratio"] < 30                                # ten passes, on a shared machine
     assert "timings of each" in l06_tta_ensembles.cost_sentence("ten-crop", cost, "10x.")
     assert len(TT.timings(net, torch.randn(4, 3, 16, 16), views=2, repeats=3)) == 3
+
+
+# ---------------------------------------------------------------- cross-fitting (lesson 06's TTA verdicts)
+
+def _separable_features(n_per_class=6, classes=3, dim=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    x = torch.randn(len(y), dim, generator=g) + 3 * torch.nn.functional.one_hot(y, dim).float()
+    return FeatureSet(x, y)
+
+
+def test_fold_heads_hold_out_each_image_from_its_own_head():
+    fs = _separable_features()
+    x, y = fs.tensors
+    heads, fold = lesson.fold_heads(fs, folds=3, seed=1, epochs=2)
+    assert len(heads) == 3 and sorted(fold.unique().tolist()) == [0, 1, 2]
+    for k in range(3):                                   # stratified: every fold holds every class equally
+        assert torch.bincount(y[fold == k], minlength=3).tolist() == [2, 2, 2]
+    for k, head in enumerate(heads):                     # head k is exactly a head trained without fold k
+        fit = fold != k
+        again = lesson.train_heads(FeatureSet(x[fit], y[fit]), FeatureSet(x[~fit], y[~fit]), seeds=[1], epochs=2)[0]
+        for a, b in zip(head.state_dict().values(), again.state_dict().values()):
+            assert torch.equal(a, b)
+
+
+def test_fold_heads_refuse_a_class_with_one_image_and_clamp_the_folds():
+    x, y = _separable_features().tensors
+    with pytest.raises(ParameterError, match="at least 2 images of every class"):
+        lesson.fold_heads(FeatureSet(x[:13], y[:13]))   # class 2 keeps one image
+    heads, fold = lesson.fold_heads(FeatureSet(x[:14], y[:14]), folds=5, epochs=1)   # class 2 has two: 2 folds
+    assert len(heads) == 2 and fold.max().item() == 1
+
+
+def test_cross_fitted_logits_are_each_images_own_fold_head_on_every_view():
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    heads = [nn.Linear(4, 3).eval() for _ in range(3)]
+    rng = np.random.default_rng(0)
+    images = ImageList([rng.integers(0, 255, (12, 14, 3), dtype=np.uint8) for _ in range(7)], [0, 1, 2, 0, 1, 2, 0],
+                       ["a", "b", "c"])
+    fold = torch.tensor([2, 0, 1, 1, 0, 2, 0])
+    transform = tta.view_transform(8, mode="ten", resize=10)
+    logits, targets = lesson.cross_fitted_logits(body, heads, fold, images, transform, progress=False)
+    assert logits.shape == (7, 10, 3) and targets.tolist() == images.targets
+    with torch.no_grad():
+        for i in range(7):
+            expected = heads[fold[i]](body(transform(images.image(i))))
+            torch.testing.assert_close(logits[i], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_every_image_pools_training_then_validation_images():
+    rng = np.random.default_rng(1)
+    arrays = [rng.integers(0, 255, (20, 30, 3), dtype=np.uint8) for _ in range(5)]
+    splits = Splits(ImageList(arrays[:3], [0, 1, 0], ["a", "b"]), ImageList(arrays[3:], [1, 0], ["a", "b"]), ["a", "b"])
+    assert splits.pooled().targets == [0, 1, 0, 1, 0] and len(splits.pooled()) == 5
+    pool = lesson.every_image(splits, 8)
+    assert pool.targets == [0, 1, 0, 1, 0]
+    assert [min(pool.image(i).size) for i in range(5)] == [data.eval_resize(8)] * 5

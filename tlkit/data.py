@@ -609,6 +609,11 @@ class Splits:
                   "raise them to use more)")
         return replace(self, train=train, val=val)
 
+    def pooled(self) -> ImageList:
+        """Every training and validation image in one list, training first (for k-fold cross-fitting)."""
+        return ImageList(self.train.items + self.val.items, self.train.targets + self.val.targets, self.classes,
+                         self.val.transform, self.val.decode_size)
+
     def __repr__(self) -> str:
         return (f"Splits({self.name or self.root}: {len(self.classes)} classes, "
                 f"train {len(self.train)}, val {len(self.val)})")

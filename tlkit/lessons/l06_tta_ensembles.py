@@ -19,13 +19,13 @@ from ..tta import MERGES, merge
 from ..env import seed_everything
 from ..ensembles import average_weights, interpolate_weights, member_logits
 from ..errors import ParameterError
-from ..validate import check_unit_interval
+from ..validate import check_positive_int, check_unit_interval
 from ..tta import TEN_CROP_SUBSETS, blend
 
-__all__ = ["accuracy_vs_members", "cost_sentence", "cost_vs_members", "fit_seeds", "fixed_and_broken",
-           "interpolation_curve", "outputs_vs_weights", "part_sentence", "plot_accuracy_vs_cost",
-           "plot_accuracy_vs_members", "plot_interpolation", "tensor_loaders", "train_heads", "tta_table",
-           "verdict_ensemble_gain", "verdict_outputs_vs_weights", "verdict_tta"]
+__all__ = ["accuracy_vs_members", "cost_sentence", "cost_vs_members", "cross_fitted_logits", "every_image",
+           "fit_seeds", "fixed_and_broken", "fold_heads", "interpolation_curve", "outputs_vs_weights", "part_sentence",
+           "plot_accuracy_vs_cost", "plot_accuracy_vs_members", "plot_interpolation", "tensor_loaders",
+           "train_heads", "tta_table", "verdict_ensemble_gain", "verdict_outputs_vs_weights", "verdict_tta"]
 
 
 def tta_table(ten_logits: torch.Tensor, targets: torch.Tensor, aug_logits: torch.Tensor | None = None,
@@ -74,8 +74,8 @@ def verdict_tta(claim_id: int, plain_probs: torch.Tensor, tta_probs: torch.Tenso
                 what: str, seed: int = 0):
     """Verdict on 'TTA predicts better than the plain prediction': the log-loss it saves, paired over the images.
 
-    Why the loss: TTA flips a handful of a hundred-odd validation images, so accuracy cannot resolve its
-    "little" help; the per-image loss can. The accuracy difference, with its interval, is named in `what`.
+    Why the loss: TTA flips a few per cent of the images, so accuracy resolves its "little" help only with
+    many more images; the per-image loss shows it on every image. The accuracy difference, with its interval, is named in `what`.
     """
     return claims.compare_predictions(claim_id, tta_probs, plain_probs, targets, what, seed=seed)
 
@@ -203,6 +203,73 @@ def train_heads(train_fs, val_fs, seeds: Sequence[int], epochs: int = 10, lr: fl
         return head_learner(head, train_fs, val_fs, batch_size, seed, wd=wd, device="cpu", progress=False)
 
     return fit_seeds(make, seeds, epochs, lr, **fit_kwargs)
+
+
+def every_image(splits, image_size: int):
+    """Every training and validation image of `splits`, training first, decoded once at the evaluation resize.
+
+    The decode is `data.in_memory`'s, the entries `features.precompute_splits` builds at this size, so the
+    pixels are those the heads' features came from, read back from the course-wide cache.
+    """
+    from ..data import Splits, eval_resize, in_memory
+    short_side = eval_resize(image_size)
+    return Splits(in_memory(splits.train, short_side), in_memory(splits.val, short_side), splits.classes).pooled()
+
+
+def fold_heads(centre_features, folds: int = 5, seed: int = 0, epochs: int = 10,
+               lr: float = 1e-3) -> tuple[list[nn.Module], torch.Tensor]:
+    """Heads of a stratified k-fold cross-fit, each trained on the other folds' features, and each image's fold.
+
+    `centre_features` is a `features.FeatureSet` of every image's plain view. Why: TTA's gain is a few
+    hundredths of a nat per image, so its verdict needs every image the dataset has, not only a validation
+    split, and no image may be judged by a head trained on it.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    from ..features import FeatureSet
+    x, y = centre_features.tensors
+    counts = torch.bincount(y)
+    smallest = int(counts[counts > 0].min())
+    if smallest < 2:
+        raise ParameterError("cross-fitting needs at least 2 images of every class; a class here has 1: "
+                             "add images to it or remove its folder.")
+    folds = min(check_positive_int("folds", folds, 5), smallest)
+    if folds < 2:
+        raise ParameterError(f"folds={folds}: cross-fitting needs at least 2 folds, e.g. folds=5.")
+    heads, fold = [], torch.empty(len(y), dtype=torch.long)
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y.numpy())
+    for k, (fit_idx, held_idx) in enumerate(split):
+        fold[held_idx] = k
+        heads += train_heads(FeatureSet(x[fit_idx], y[fit_idx]), FeatureSet(x[held_idx], y[held_idx]),
+                             seeds=[seed], epochs=epochs, lr=lr)
+    return [h.eval() for h in heads], fold
+
+
+class _EveryHead(nn.Module):
+    """The body once, then every head: `[B, heads, K]`."""
+
+    def __init__(self, body: nn.Module, heads: Sequence[nn.Module]):
+        super().__init__()
+        self.body, self.heads = body, nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.body(x)
+        return torch.stack([h(features) for h in self.heads], 1)
+
+
+def cross_fitted_logits(body: nn.Module, heads: Sequence[nn.Module], fold: torch.Tensor, images, transform: Callable,
+                        device=None, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits `[N, V, K]` of every view of each image from its own fold's head (which never saw it), and targets.
+
+    Every view goes through the body once, for all heads together, and only logits are kept: memory grows
+    with images x views x heads x classes, not with the body's feature size.
+    """
+    from ..tta import tta_logits
+    stacked, targets = tta_logits(_EveryHead(body, heads), images, transform, device=device, progress=progress)
+    n, views = stacked.shape[:2]
+    stacked = stacked.view(n, views, len(heads), -1)
+    own = fold.view(n, 1, 1, 1).expand(n, views, 1, stacked.shape[-1])
+    return stacked.gather(2, own).squeeze(2), targets
 
 
 def tensor_loaders(splits, transform: Callable, batch_size: int = 64, seed: int | None = None):
