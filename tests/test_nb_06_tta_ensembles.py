@@ -13,6 +13,8 @@ def test_claims_20_to_22_are_recorded(lesson_metrics):
     verdicts = recorded_claims(m, [20, 21, 22])
     # TTA is judged on every image the run keeps (training and validation, cross-fitted), not the validation split
     assert verdicts[21]["n"] == verdicts[22]["n"] == m["n_tta_images"] == 600
+    # five stratified folds of 120, and every image's centre view took its own fold's head (float rounding apart)
+    assert m["cross_fit_fold_sizes"] == [120] * 5 and m["cross_fit_own_head_gap"] < 1e-3
     # by the log-loss it saves over the plain centre crop, on the same images as the table
     assert verdicts[21]["effect"] == pytest.approx(m["loss_single"] - m["loss_tencrop_tta"], abs=1e-5)
     assert verdicts[22]["effect"] == pytest.approx(m["loss_single"] - m["loss_aug_tta"], abs=1e-5)

@@ -13,7 +13,7 @@ from tlkit.data import ImageList, Splits
 from tlkit.errors import ParameterError
 from tlkit.features import FeatureSet
 from tlkit.lessons import l06_tta_ensembles
-from tlkit.lessons import l06_tta_ensembles as lesson
+from tlkit.lessons import l06_tta_ensembles as lesson  # noqa: F811 (the short name for the cross-fitting tests)
 from tlkit import metrics
 
 NORM = ((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
@@ -233,24 +233,30 @@ def test_fold_heads_hold_out_each_image_from_its_own_head():
     for k in range(3):                                   # stratified: every fold holds every class equally
         assert torch.bincount(y[fold == k], minlength=3).tolist() == [2, 2, 2]
     for k, head in enumerate(heads):                     # head k is exactly a head trained without fold k
-        fit = fold != k
-        again = lesson.train_heads(FeatureSet(x[fit], y[fit]), FeatureSet(x[~fit], y[~fit]), seeds=[1], epochs=2)[0]
+        fit = fold != k                                  # (whatever it is shown while training: here other images)
+        again = lesson.train_heads(FeatureSet(x[fit], y[fit]), FeatureSet(x[fit][:3], y[fit][:3]), seeds=[1],
+                                   epochs=2)[0]
         for a, b in zip(head.state_dict().values(), again.state_dict().values()):
             assert torch.equal(a, b)
 
 
-def test_fold_heads_refuse_a_class_with_one_image_and_clamp_the_folds():
+def test_fold_heads_refuse_a_class_with_one_image_and_clamp_the_folds(capsys):
     x, y = _separable_features().tensors
     with pytest.raises(ParameterError, match="at least 2 images of every class"):
         lesson.fold_heads(FeatureSet(x[:13], y[:13]))   # class 2 keeps one image
+    with pytest.raises(ParameterError, match="at least 2 folds"):
+        lesson.fold_heads(FeatureSet(x, y), folds=1)
     heads, fold = lesson.fold_heads(FeatureSet(x[:14], y[:14]), folds=5, epochs=1)   # class 2 has two: 2 folds
     assert len(heads) == 2 and fold.max().item() == 1
+    assert "2 folds, not 5" in capsys.readouterr().out
 
 
 def test_cross_fitted_logits_are_each_images_own_fold_head_on_every_view():
     torch.manual_seed(0)
-    body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
-    heads = [nn.Linear(4, 3).eval() for _ in range(3)]
+    body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten())
+    body(torch.randn(8, 3, 8, 8))                        # BatchNorm's running statistics move off their defaults
+    heads = [nn.Linear(4, 3) for _ in range(3)]          # left in training mode: the views must run in eval mode
     rng = np.random.default_rng(0)
     images = ImageList([rng.integers(0, 255, (12, 14, 3), dtype=np.uint8) for _ in range(7)], [0, 1, 2, 0, 1, 2, 0],
                        ["a", "b", "c"])
@@ -258,17 +264,31 @@ def test_cross_fitted_logits_are_each_images_own_fold_head_on_every_view():
     transform = tta.view_transform(8, mode="ten", resize=10)
     logits, targets = lesson.cross_fitted_logits(body, heads, fold, images, transform, progress=False)
     assert logits.shape == (7, 10, 3) and targets.tolist() == images.targets
+    assert body.training and heads[0].training          # each module's mode is given back
     with torch.no_grad():
+        body.eval()
         for i in range(7):
             expected = heads[fold[i]](body(transform(images.image(i))))
             torch.testing.assert_close(logits[i], expected, atol=1e-5, rtol=1e-5)
+    centre_views = torch.stack([transform(images.image(i))[4] for i in range(7)])
+    centre = FeatureSet(body(centre_views).detach(), torch.tensor(images.targets))
+    assert lesson.own_head_gap(heads, fold, centre, logits[:, 4]) < 1e-5
+    assert lesson.own_head_gap(heads, (fold + 1) % 3, centre, logits[:, 4]) > 1e-3   # another fold's head differs
 
 
-def test_every_image_pools_training_then_validation_images():
-    rng = np.random.default_rng(1)
-    arrays = [rng.integers(0, 255, (20, 30, 3), dtype=np.uint8) for _ in range(5)]
-    splits = Splits(ImageList(arrays[:3], [0, 1, 0], ["a", "b"]), ImageList(arrays[3:], [1, 0], ["a", "b"]), ["a", "b"])
-    assert splits.pooled().targets == [0, 1, 0, 1, 0] and len(splits.pooled()) == 5
+def test_every_image_pools_training_then_validation_images(tmp_path):
+    paths = []
+    for i in range(5):
+        paths.append(str(tmp_path / f"{i}.png"))
+        random_photo(30, 20, seed=i).save(paths[-1])
+    splits = Splits(ImageList(paths[:3], [0, 1, 0], ["a", "b"]), ImageList(paths[3:], [1, 0], ["a", "b"]), ["a", "b"])
+    assert splits.pooled().items == paths and splits.pooled().targets == [0, 1, 0, 1, 0]
     pool = lesson.every_image(splits, 8)
     assert pool.targets == [0, 1, 0, 1, 0]
     assert [min(pool.image(i).size) for i in range(5)] == [data.eval_resize(8)] * 5
+    assert np.array_equal(pool.items[3], data.in_memory(splits.val, data.eval_resize(8)).items[0])
+    # decoded lists are named by their cache entries, so the pool is too: its fingerprint reads no pixels,
+    # and differs from the files' own
+    assert pool.source_digest and pool.fingerprint() != splits.pooled().fingerprint()
+    other = lesson.every_image(Splits(splits.val, splits.train, ["a", "b"]), 8)
+    assert other.source_digest != pool.source_digest

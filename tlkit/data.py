@@ -610,9 +610,17 @@ class Splits:
         return replace(self, train=train, val=val)
 
     def pooled(self) -> ImageList:
-        """Every training and validation image in one list, training first (for k-fold cross-fitting)."""
-        return ImageList(self.train.items + self.val.items, self.train.targets + self.val.targets, self.classes,
+        """Every training and validation image in one list, training first (for k-fold cross-fitting).
+
+        It carries the validation list's transform and decode size. Lists that `in_memory` named keep a name
+        (so a feature-cache lookup does not hash every pixel).
+        """
+        pool = ImageList(self.train.items + self.val.items, self.train.targets + self.val.targets, self.classes,
                          self.val.transform, self.val.decode_size)
+        if self.train.source_digest and self.val.source_digest:
+            pool.source_digest = hashlib.sha256(f"{self.train.source_digest}+{self.val.source_digest}".encode()
+                                                ).hexdigest()[:16]
+        return pool
 
     def __repr__(self) -> str:
         return (f"Splits({self.name or self.root}: {len(self.classes)} classes, "

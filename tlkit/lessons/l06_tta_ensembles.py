@@ -15,16 +15,15 @@ from torch import nn
 
 from .. import claims
 from .. import metrics
-from ..tta import MERGES, merge
 from ..env import seed_everything
 from ..ensembles import average_weights, interpolate_weights, member_logits
 from ..errors import ParameterError
 from ..validate import check_positive_int, check_unit_interval
-from ..tta import TEN_CROP_SUBSETS, blend
+from ..tta import MERGES, TEN_CROP_SUBSETS, blend, merge, model_device, tta_logits
 
 __all__ = ["accuracy_vs_members", "cost_sentence", "cost_vs_members", "cross_fitted_logits", "every_image",
-           "fit_seeds", "fixed_and_broken", "fold_heads", "interpolation_curve", "outputs_vs_weights", "part_sentence",
-           "plot_accuracy_vs_cost", "plot_accuracy_vs_members", "plot_interpolation", "tensor_loaders",
+           "fit_seeds", "fixed_and_broken", "fold_heads", "interpolation_curve", "outputs_vs_weights", "own_head_gap",
+           "part_sentence", "plot_accuracy_vs_cost", "plot_accuracy_vs_members", "plot_interpolation", "tensor_loaders",
            "train_heads", "tta_table", "verdict_ensemble_gain", "verdict_outputs_vs_weights", "verdict_tta"]
 
 
@@ -75,7 +74,8 @@ def verdict_tta(claim_id: int, plain_probs: torch.Tensor, tta_probs: torch.Tenso
     """Verdict on 'TTA predicts better than the plain prediction': the log-loss it saves, paired over the images.
 
     Why the loss: TTA flips a few per cent of the images, so accuracy resolves its "little" help only with
-    many more images; the per-image loss shows it on every image. The accuracy difference, with its interval, is named in `what`.
+    many more images; the per-image loss shows it on every image. The accuracy difference, with its interval,
+    is named in `what`.
     """
     return claims.compare_predictions(claim_id, tta_probs, plain_probs, targets, what, seed=seed)
 
@@ -220,9 +220,10 @@ def fold_heads(centre_features, folds: int = 5, seed: int = 0, epochs: int = 10,
                lr: float = 1e-3) -> tuple[list[nn.Module], torch.Tensor]:
     """Heads of a stratified k-fold cross-fit, each trained on the other folds' features, and each image's fold.
 
-    `centre_features` is a `features.FeatureSet` of every image's plain view. Why: TTA's gain is a few
-    hundredths of a nat per image, so its verdict needs every image the dataset has, not only a validation
-    split, and no image may be judged by a head trained on it.
+    `centre_features` is a `features.FeatureSet` of every image's plain view. Why: TTA's gain per image is
+    small against its spread from image to image, so its verdict needs every image the run has, not only a
+    validation split, and no image may be judged by a head trained on it. Fewer folds than asked are used
+    (and said) when a class has fewer images than folds.
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -233,15 +234,19 @@ def fold_heads(centre_features, folds: int = 5, seed: int = 0, epochs: int = 10,
     if smallest < 2:
         raise ParameterError("cross-fitting needs at least 2 images of every class; a class here has 1: "
                              "add images to it or remove its folder.")
-    folds = min(check_positive_int("folds", folds, 5), smallest)
-    if folds < 2:
-        raise ParameterError(f"folds={folds}: cross-fitting needs at least 2 folds, e.g. folds=5.")
+    asked = check_positive_int("folds", folds, 5)
+    if asked < 2:
+        raise ParameterError(f"folds={asked}: cross-fitting needs at least 2 folds, e.g. folds=5.")
+    folds = min(asked, smallest)
+    if folds < asked:
+        print(f"tlkit: cross-fitting with {folds} folds, not {asked}: the smallest class has {smallest} images")
+    classes = centre_features.classes
     heads, fold = [], torch.empty(len(y), dtype=torch.long)
     split = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y.numpy())
     for k, (fit_idx, held_idx) in enumerate(split):
         fold[held_idx] = k
-        heads += train_heads(FeatureSet(x[fit_idx], y[fit_idx]), FeatureSet(x[held_idx], y[held_idx]),
-                             seeds=[seed], epochs=epochs, lr=lr)
+        heads += train_heads(FeatureSet(x[fit_idx], y[fit_idx], classes=classes),
+                             FeatureSet(x[held_idx], y[held_idx], classes=classes), seeds=[seed], epochs=epochs, lr=lr)
     return [h.eval() for h in heads], fold
 
 
@@ -262,14 +267,34 @@ def cross_fitted_logits(body: nn.Module, heads: Sequence[nn.Module], fold: torch
     """Logits `[N, V, K]` of every view of each image from its own fold's head (which never saw it), and targets.
 
     Every view goes through the body once, for all heads together, and only logits are kept: memory grows
-    with images x views x heads x classes, not with the body's feature size.
+    with images x views x heads x classes, not with the body's feature size. The body and heads run on
+    `device` (default: the body's) and are put back where they were afterwards.
     """
-    from ..tta import tta_logits
-    stacked, targets = tta_logits(_EveryHead(body, heads), images, transform, device=device, progress=progress)
+    model = _EveryHead(body, heads)
+    homes = [model_device(m) for m in (body, *heads)]
+    try:
+        stacked, targets = tta_logits(model.to(device or homes[0]), images, transform, progress=progress)
+    finally:
+        for m, home in zip((body, *heads), homes):
+            m.to(home)
     n, views = stacked.shape[:2]
     stacked = stacked.view(n, views, len(heads), -1)
     own = fold.view(n, 1, 1, 1).expand(n, views, 1, stacked.shape[-1])
     return stacked.gather(2, own).squeeze(2), targets
+
+
+def own_head_gap(heads: Sequence[nn.Module], fold: torch.Tensor, centre_features, centre_logits: torch.Tensor) -> float:
+    """Largest |own fold's head on an image's plain-view features - its cross-fitted centre-view logits|.
+
+    About 0 (float rounding) when every image took its own fold's head on the same pixels: the run records it.
+    """
+    x = centre_features.tensors[0]
+    own = torch.empty_like(centre_logits)
+    with torch.no_grad():
+        for k, head in enumerate(heads):
+            held = fold == k
+            own[held] = head(x[held].to(model_device(head))).cpu()
+    return float((own - centre_logits).abs().max())
 
 
 def tensor_loaders(splits, transform: Callable, batch_size: int = 64, seed: int | None = None):
