@@ -253,6 +253,34 @@ def test_fit_with_clean_train_acc_adds_the_clean_accuracy_per_epoch():
     assert hist["train_acc_clean"].iloc[-1] == pytest.approx(hist["val_acc"].iloc[-1])  # same images here
 
 
+def test_fit_with_clean_train_acc_measures_the_curves_every_few_epochs_and_trains_the_same_weights():
+    from types import SimpleNamespace
+
+    from tlkit import Learner
+    torch.manual_seed(0)
+    x = torch.randn(64, 2)
+    y = (x[:, 0] > 0).long()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    noisy = torch.utils.data.TensorDataset(x + torch.randn_like(x) * 3, y)
+    runs = {}
+    for every in (1, 2):
+        torch.manual_seed(0)
+        shuffled = torch.utils.data.DataLoader(noisy, batch_size=16, shuffle=True,
+                                               generator=torch.Generator().manual_seed(1))
+        learn = Learner(torch.nn.Linear(2, 2), SimpleNamespace(train=shuffled, val=loader), progress=False)
+        runs[every] = (l02_augment.fit_with_clean_train_acc(learn, 5, 0.1, loader, curve_every=every), learn)
+    every_epoch, sparse = runs[1][0], runs[2][0]
+    measured = sparse["val_acc"].notna()
+    assert list(sparse["epoch"][measured]) == [2, 4, 5]                     # every 2nd epoch and the last
+    assert sparse["train_acc_clean"].notna().tolist() == measured.tolist()
+    for column in ("val_loss", "val_acc", "train_acc_clean"):               # the same numbers where measured
+        np.testing.assert_allclose(sparse[column][measured], every_epoch[column][measured], rtol=1e-6)
+    for a, b in zip(runs[1][1].net.parameters(), runs[2][1].net.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="curve_every"):
+        l02_augment.fit_with_clean_train_acc(runs[2][1], 2, 0.1, loader, curve_every=0)
+
+
 def test_in_memory_keeps_labels_and_shrinks_to_the_short_side():
     from tlkit.data import ImageList, in_memory
     rng = np.random.default_rng(0)
