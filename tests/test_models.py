@@ -28,6 +28,16 @@ def test_positional_mapping_covers_every_tensor(lite0_imagenet):
     assert torch.equal(next(iter(source.values())), lite0_imagenet.body.conv_stem.weight)
 
 
+def test_weights_read_once_are_copied_into_each_new_net_never_shared():
+    first = models.create("efficientnet_lite0", num_classes=2)
+    source = torch.load(models.lite0_weights_path(), map_location="cpu", weights_only=True)
+    with torch.no_grad():
+        first.body.conv_stem.weight.add_(1.0)                   # a trained net must not change the next one
+    second = models.create("efficientnet_lite0", num_classes=2)
+    assert torch.equal(second.body.conv_stem.weight, next(iter(source.values())))
+    assert second.body.conv_stem.weight.data_ptr() != first.body.conv_stem.weight.data_ptr()
+
+
 def test_net_is_head_of_body_and_groups_cover_parameters():
     net = models.create("efficientnet_lite0", num_classes=3).eval()
     x = torch.randn(2, 3, 64, 64)

