@@ -281,6 +281,46 @@ def test_fit_with_clean_train_acc_measures_the_curves_every_few_epochs_and_train
         l02_augment.fit_with_clean_train_acc(runs[2][1], 2, 0.1, loader, curve_every=0)
 
 
+def test_fit_with_clean_train_acc_scores_the_last_epoch_when_a_callback_stops_early():
+    from types import SimpleNamespace
+
+    from tlkit import Learner
+    from tlkit.train import CancelFit
+    torch.manual_seed(0)
+    x = torch.randn(32, 2)
+    y = (x[:, 0] > 0).long()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    learn = Learner(torch.nn.Linear(2, 2), SimpleNamespace(train=loader, val=loader), progress=False)
+
+    def stop_after_two(event, learner):
+        if event == "after_epoch" and learner.epoch == 1:
+            raise CancelFit
+
+    hist = l02_augment.fit_with_clean_train_acc(learn, 6, 0.1, loader, curve_every=4, callbacks=[stop_after_two])
+    assert list(hist["epoch"]) == [1, 2] and hist["val_acc"].isna().tolist() == [True, False]
+    assert hist["train_acc_clean"].iloc[-1] == pytest.approx(learn.evaluate(loader)["acc"])
+
+
+def test_lighting_views_are_the_same_images_kept_or_drawn_again():
+    images, plain = bright_and_dark()
+
+    def noisy(img):
+        x = plain(img)
+        return x + torch.randn_like(x)
+
+    kept = l02_augment.lighting_views(images, noisy, 3, first_seed=5)
+    again = l02_augment.lighting_views(images, noisy, 3, first_seed=5, max_bytes=0)
+    for k in range(3):
+        for (a, ya), (b, yb) in zip(kept(k), again(k)):
+            assert torch.equal(a, b) and torch.equal(ya, yb)
+    assert not torch.equal(kept(0)[0][0], kept(1)[0][0])              # each draw is its own change
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    again(2)
+    assert torch.equal(torch.rand(1), before)                          # drawing leaves the global generator alone
+
+
 def test_in_memory_keeps_labels_and_shrinks_to_the_short_side():
     from tlkit.data import ImageList, in_memory
     rng = np.random.default_rng(0)

@@ -27,14 +27,14 @@ def photo(path: Path, seed: int = 0, size=(20, 16)) -> Path:
 
 QUICK = dict(epochs=2, head_epochs=3, image_size=96, batch_size=16, lr=3e-3, head_lr=1e-3, n_cycles=4,
              cycle_len=1, cycle_mult=1, max_train=300, lr_find_iters=30, sweep_images=40, finetune_from=2,
-             max_workers=2, ratio_similar=10, grid_lrs=[1e-3, 1e-2], subset=1.0)
+             max_workers=2, ratio_similar=10, grid_lrs=[1e-3, 1e-2], subset=1.0, curve_every=3)
 
 
 @pytest.mark.parametrize("name, value", [
     ("epochs", -1), ("epochs", 0), ("head_epochs", -3), ("image_size", 0), ("batch_size", -4), ("lr", -0.1),
     ("lr", 0.0), ("head_lr", float("nan")), ("n_cycles", 0), ("cycle_len", 0), ("cycle_mult", -1),
     ("max_train", 0), ("lr_find_iters", -5), ("sweep_images", 0), ("finetune_from", -1), ("max_workers", -1),
-    ("ratio_similar", 0), ("grid_lrs", [1e-3, -1e-2]), ("subset", 0.0)])
+    ("ratio_similar", 0), ("grid_lrs", [1e-3, -1e-2]), ("subset", 0.0), ("curve_every", 0)])
 def test_setup_refuses_values_that_would_do_harm(name, value):
     with pytest.raises(ParameterError) as err:
         tlkit.setup(preset="quick", quick=QUICK, verbose=False, **{name: value})

@@ -223,6 +223,9 @@ def test_runs_without_curves_score_the_validation_set_once_and_train_the_same_we
     assert once["val_acc"].iloc[-1] == every["val_acc"].iloc[-1]
     for a, b in zip(with_net.net.parameters(), without_net.net.parameters()):
         assert torch.equal(a, b)
+    assert np.isnan(S.last_blocks(task, epochs=2, cached=True)["best_acc"])        # one epoch scored: no best
+    frozen = S.frozen_head(task, epochs=2)
+    assert frozen["best_acc"] == frozen["history"]["val_acc"].max() >= frozen["acc"]
 
 
 def test_over_seeds_averages_each_images_correctness_over_independent_runs(tmp_path):

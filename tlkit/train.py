@@ -190,7 +190,8 @@ class Learner:
                        "lr": max(g["lr"] for g in self.opt.param_groups),
                        "seconds": time.perf_counter() - t0}
                 rows.append(row)
-                epoch_bar.set_postfix(train_loss=f"{train_loss:.3f}", val_acc=f"{val['acc']:.3f}")
+                epoch_bar.set_postfix(train_loss=f"{train_loss:.3f}",
+                                      **({"val_acc": f"{val['acc']:.3f}"} if validate else {}))
                 if ckpt and _is_main_process():
                     self._save_checkpoint(ckpt, epoch + 1, epochs, lr, rows)
                 self._emit("after_epoch", callbacks)

@@ -49,10 +49,12 @@ def result_row(strategy: str, learn: Learner, hist: pd.DataFrame, seconds: float
     """One line of the results table: final validation accuracy, trainable parameters, wall time.
 
     `correct` and `losses` hold the final model's per-image correctness and log-loss on the validation
-    set: verdicts compare two strategies image by image (a paired bootstrap).
+    set: verdicts compare two strategies image by image (a paired bootstrap). `best_acc` is the best epoch's
+    accuracy, NaN for a run scored only after its last epoch.
     """
     return {"strategy": NAMES.get(strategy, strategy), "acc": float(hist["val_acc"].iloc[-1]),
-            "best_acc": float(hist["val_acc"].max()), "trainable_params": models.count_params(learn.net),
+            "best_acc": float(hist["val_acc"].max()) if hist["val_acc"].notna().all() else float("nan"),
+            "trainable_params": models.count_params(learn.net),
             "seconds": seconds, "train_images": train_images, "epochs": len(hist),
             "correct": learn.last_correct.cpu().numpy(), "losses": learn.last_losses.cpu().numpy(), **extra}
 
@@ -60,8 +62,11 @@ def result_row(strategy: str, learn: Learner, hist: pd.DataFrame, seconds: float
 def _fit(learn: Learner, epochs: int, lr, one_cycle: bool = False, curves: bool = False) -> tuple[pd.DataFrame, float]:
     """`learn.fit`, timed. Without `curves` the validation set is scored once, after the last epoch.
 
-    Why: only (a) and (b) show their per-epoch curves; a pass over the validation images after every
-    epoch of the other runs would cost time and change no result (it draws no random numbers).
+    Why: only (a) and (b) show their per-epoch curves; for the other runs a pass over the validation images
+    after every epoch would only cost time. The weights come out the same here: scoring takes one number from
+    torch's global generator (the loader's base seed) and these runs draw nothing else from it (seeded
+    batches, no augmentation, no dropout). With `augment=True` or a dropout head, the random views after
+    epoch 1 would differ from those of a run that scores every epoch.
     """
     start = time.perf_counter()
     schedule = schedules.one_cycle(epochs) if one_cycle else None
@@ -70,7 +75,8 @@ def _fit(learn: Learner, epochs: int, lr, one_cycle: bool = False, curves: bool 
     else:
         hist = learn.fit(epochs, lr, schedule=schedule, validate=False)
         final = learn.evaluate()
-        hist.loc[hist.index[-1], ["val_loss", "val_acc"]] = final["loss"], final["acc"]
+        for table in (hist, learn.history):
+            table.loc[table.index[-1], ["val_loss", "val_acc"]] = final["loss"], final["acc"]
     return hist, time.perf_counter() - start
 
 

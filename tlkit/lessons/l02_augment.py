@@ -23,8 +23,8 @@ from ..train import CancelFit, on
 from .. import metrics
 
 __all__ = ["compare_augmentations", "fit_with_clean_train_acc", "generalisation_gap", "lighting_change",
-           "mean_history", "plot_accuracy_curves", "plot_eigvals", "plot_rgb_cloud", "plot_step_timeline",
-           "time_steps", "verdict_colour_robustness", "verdict_fights_overfitting",
+           "lighting_views", "mean_history", "plot_accuracy_curves", "plot_eigvals", "plot_rgb_cloud",
+           "plot_step_timeline", "time_steps", "verdict_colour_robustness", "verdict_fights_overfitting",
            "verdict_geometry_helps", "verdict_workers"]
 
 
@@ -105,19 +105,26 @@ def fit_with_clean_train_acc(learn, epochs: int, lr: float, clean_train_loader: 
     Why: the running ``train_acc`` is measured on distorted images, which are harder, so it would make
     augmentation look as if it closed the train/val gap for free. Memorisation shows on the clean images.
     The validation and clean-training columns are measured after every `curve_every`-th epoch and the last
-    (NaN in between). Why: for a network this small the two passes are a large share of an epoch, and a
-    curve needs a few points, not every epoch; scoring changes no weight, so the final model is the same.
+    finished one (NaN in between). Why: for a network this small the two passes are a large share of an
+    epoch, and a curve needs a few points, not every epoch. Scoring lists of batches draws no random number,
+    so the weights are those of a run scored every epoch; a DataLoader takes one number from torch's global
+    generator per pass, which moves the random views of later epochs.
     """
     from ..validate import check_positive_int
     check_positive_int("curve_every", curve_every, 1)
     measured: dict[int, tuple[dict, float]] = {}
 
+    def score(epoch: int) -> None:
+        measured[epoch] = (learn.evaluate(), learn.evaluate(clean_train_loader)["acc"])
+
     def after_epoch(event: str, learner) -> None:
         if event == "after_epoch" and ((learner.epoch + 1) % curve_every == 0 or learner.epoch + 1 == epochs):
-            measured[learner.epoch + 1] = (learner.evaluate(), learner.evaluate(clean_train_loader)["acc"])
+            score(learner.epoch + 1)
 
     hist = learn.fit(epochs, lr, callbacks=[after_epoch, *fit_kwargs.pop("callbacks", [])], validate=False,
                      **fit_kwargs)
+    if len(hist) and int(hist["epoch"].iloc[-1]) not in measured:   # stopped early by a callback: score the end
+        score(int(hist["epoch"].iloc[-1]))
     for column, pick in (("val_loss", lambda m: m[0]["loss"]), ("val_acc", lambda m: m[0]["acc"]),
                          ("train_acc_clean", lambda m: m[1])):
         hist[column] = [pick(measured[e]) if e in measured else float("nan") for e in hist["epoch"]]
@@ -182,11 +189,7 @@ def compare_augmentations(train_images, val_images, train_tfms: dict, eval_tf, l
     check_positive_int("lighting_draws", lighting_draws, 8)
     val = list(make_loader(val_images.with_transform(eval_tf), 128, False))
     clean_train = list(make_loader(train_images.with_transform(eval_tf), 128, False))
-    lit_draws = []
-    for k in range(lighting_draws):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeds[0] + 1 + k)  # the same lighting changes for every model
-            lit_draws.append(list(make_loader(val_images.with_transform(lit_tf), 128, False)))
+    lit_views = lighting_views(val_images, lit_tf, lighting_draws, seeds[0] + 1)
     results = {}
     for name, tf in train_tfms.items():
         histories, correct, losses = [], {"train": [], "val": [], "lit": []}, {"train": [], "val": [], "lit": []}
@@ -203,8 +206,8 @@ def compare_augmentations(train_images, val_images, train_tfms: dict, eval_tf, l
                 correct[part].append(learn.last_correct.cpu().numpy().astype(float))
                 losses[part].append(learn.last_losses.cpu().numpy())
             draws = []
-            for lit in lit_draws:
-                learn.evaluate(lit)
+            for k in range(lighting_draws):
+                learn.evaluate(lit_views(k))
                 draws.append((learn.last_correct.cpu().numpy().astype(float), learn.last_losses.cpu().numpy()))
             correct["lit"].append(np.mean([c for c, _ in draws], axis=0))
             losses["lit"].append(np.mean([l for _, l in draws], axis=0))
@@ -214,6 +217,28 @@ def compare_augmentations(train_images, val_images, train_tfms: dict, eval_tf, l
                          "correct_by_seed": {part: np.stack(rows) for part, rows in correct.items()},
                          "loss_by_seed": {part: np.stack(rows) for part, rows in losses.items()}}
     return results
+
+
+def lighting_views(val_images, lit_tf, draws: int, first_seed: int, max_bytes: int = 256 * 2 ** 20):
+    """`views(k)`: the validation images under lighting change `k`, drawn with seed `first_seed + k`.
+
+    The same seeds give every model the same changed images. Why kept: drawing them once instead of once
+    per model saves each model the transforms; kept only while all draws fit in `max_bytes` (a large
+    validation set draws them again for each model, with the same seeds, so the same images).
+    """
+    from ..data import make_loader
+
+    def draw(k: int) -> list:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(first_seed + k)
+            return list(make_loader(val_images.with_transform(lit_tf), 128, False))
+
+    first = draw(0)
+    size = sum(x.element_size() * x.nelement() for x, _ in first)
+    if size * draws <= max_bytes:
+        kept = [first] + [draw(k) for k in range(1, draws)]
+        return kept.__getitem__
+    return lambda k: first if k == 0 else draw(k)
 
 
 def mean_history(histories: list) -> "pd.DataFrame":
