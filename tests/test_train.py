@@ -257,3 +257,27 @@ def test_batch_timestamps_bracket_the_wait_for_data():
     learn.fit(1, 1e-2, callbacks=[tlkit_on("before_batch", lambda l: waits.append(l.batch_ready_at
                                                                                   - l.batch_requested_at))])
     assert len(waits) == 6 and min(waits) >= 16 * 0.002
+
+
+def test_validate_every_k_epochs_scores_those_and_the_last_and_trains_the_same_weights():
+    from types import SimpleNamespace
+
+    from tlkit.errors import ParameterError
+    torch.manual_seed(0)
+    x = torch.randn(48, 2)
+    y = (x[:, 0] > 0).long()
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 48, 16)]   # lists: scoring draws no random number
+    runs = {}
+    for validate in (True, 2, False):
+        torch.manual_seed(0)
+        learn = Learner(nn.Linear(2, 2), SimpleNamespace(train=batches, val=batches), progress=False)
+        runs[validate] = (learn.fit(5, 0.1, validate=validate), learn)
+    every, sparse, none = (runs[k][0] for k in (True, 2, False))
+    assert sparse["val_acc"].notna().tolist() == [False, True, False, True, True]
+    assert none["val_loss"].isna().all() and every["val_loss"].notna().all()
+    scored = sparse["val_loss"].notna()
+    assert sparse["val_loss"][scored].tolist() == pytest.approx(every["val_loss"][scored].tolist(), rel=1e-6)
+    for a, b in zip(runs[True][1].net.parameters(), runs[2][1].net.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ParameterError, match="validate"):
+        runs[2][1].fit(2, 0.1, validate=0)

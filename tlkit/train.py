@@ -25,7 +25,7 @@ from .validate import check_positive, check_positive_int
 from .models import copy_state, eval_mode
 
 __all__ = ["CancelEpoch", "CancelFit", "Learner", "NonFiniteLossError", "check_lr", "load_checkpoint", "on",
-           "progress_enabled", "rng_state", "set_rng_state", "EVENTS", "OPTIMIZERS", "RESUME_KEYS",
+           "progress_enabled", "rng_state", "scores_after", "set_rng_state", "EVENTS", "OPTIMIZERS", "RESUME_KEYS",
            "autocast"]
 
 Callback = Callable[[str, "Learner"], None]
@@ -156,15 +156,19 @@ class Learner:
 
     def fit(self, epochs: int, lr: float | slice | Sequence[float] = 1e-3, schedule: Callable | None = None,
             checkpoint: str | os.PathLike | None = None, resume: bool = False,
-            callbacks: Iterable[Callback] = (), validate: bool = True) -> pd.DataFrame:
+            callbacks: Iterable[Callback] = (), validate: bool | int = True) -> pd.DataFrame:
         """Train for `epochs`; `schedule(t)` scales every group's base LR at `t` epochs elapsed.
 
         With `checkpoint`, a checkpoint is written after each epoch; `resume=True` continues from it
         and ends with the same weights as an uninterrupted run (bit for bit with num_workers=0).
         `callbacks` are called at each of `EVENTS`; one may raise `CancelEpoch` or `CancelFit`.
-        `validate=False` skips the validation pass after each epoch (its columns are NaN).
+        `validate=False` skips the validation pass after each epoch (its columns are NaN); `validate=k` runs it
+        after every k-th epoch and the last (`scores_after`). Why: a curve needs a few points, and on a small
+        network each pass over the validation set is a large share of an epoch.
         """
         callbacks = _check_fit_args(epochs, lr, schedule, checkpoint, resume, callbacks)
+        if not isinstance(validate, bool):
+            check_positive_int("validate", validate, 3)
         ckpt = Path(checkpoint) / "last.pt" if checkpoint else None
         state = self._read_checkpoint(ckpt, epochs, lr) if ckpt and resume and ckpt.exists() else None
         self.opt = self.make_optimizer(lr)
@@ -184,14 +188,15 @@ class Learner:
                     train_loader.sampler.set_epoch(epoch)
                 train_loss, train_acc = self._train_epoch(model, train_loader, epoch, steps_per_epoch,
                                                           schedule, callbacks)
-                val = self.evaluate() if validate else {"loss": float("nan"), "acc": float("nan")}
+                scored = scores_after(epoch + 1, epochs, validate)
+                val = self.evaluate() if scored else {"loss": float("nan"), "acc": float("nan")}
                 row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                        "val_loss": val["loss"], "val_acc": val["acc"],
                        "lr": max(g["lr"] for g in self.opt.param_groups),
                        "seconds": time.perf_counter() - t0}
                 rows.append(row)
                 epoch_bar.set_postfix(train_loss=f"{train_loss:.3f}",
-                                      **({"val_acc": f"{val['acc']:.3f}"} if validate else {}))
+                                      **({"val_acc": f"{val['acc']:.3f}"} if scored else {}))
                 if ckpt and _is_main_process():
                     self._save_checkpoint(ckpt, epoch + 1, epochs, lr, rows)
                 self._emit("after_epoch", callbacks)
@@ -434,6 +439,13 @@ def check_lr(lr, name: str = "lr"):
 def _is_rate(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
         and math.isfinite(value) and value > 0
+
+
+def scores_after(epoch: int, epochs: int, validate: bool | int) -> bool:
+    """Whether `fit(epochs, validate=validate)` scores the validation set after epoch `epoch` (counted from 1)."""
+    if isinstance(validate, bool):
+        return validate
+    return epoch % validate == 0 or epoch == epochs
 
 
 def _check_fit_args(epochs, lr, schedule, checkpoint, resume, callbacks) -> list:

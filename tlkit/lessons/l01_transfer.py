@@ -70,13 +70,7 @@ def _fit(learn: Learner, epochs: int, lr, one_cycle: bool = False, curves: bool 
     """
     start = time.perf_counter()
     schedule = schedules.one_cycle(epochs) if one_cycle else None
-    if curves:
-        hist = learn.fit(epochs, lr, schedule=schedule)
-    else:
-        hist = learn.fit(epochs, lr, schedule=schedule, validate=False)
-        final = learn.evaluate()
-        for table in (hist, learn.history):
-            table.loc[table.index[-1], ["val_loss", "val_acc"]] = final["loss"], final["acc"]
+    hist = learn.fit(epochs, lr, schedule=schedule, validate=True if curves else epochs)
     return hist, time.perf_counter() - start
 
 

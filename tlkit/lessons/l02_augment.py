@@ -110,25 +110,22 @@ def fit_with_clean_train_acc(learn, epochs: int, lr: float, clean_train_loader: 
     so the weights are those of a run scored every epoch; a DataLoader takes one number from torch's global
     generator per pass, which moves the random views of later epochs.
     """
+    from ..train import scores_after
     from ..validate import check_positive_int
     check_positive_int("curve_every", curve_every, 1)
-    measured: dict[int, tuple[dict, float]] = {}
-
-    def score(epoch: int) -> None:
-        measured[epoch] = (learn.evaluate(), learn.evaluate(clean_train_loader)["acc"])
+    clean: dict[int, float] = {}
 
     def after_epoch(event: str, learner) -> None:
-        if event == "after_epoch" and ((learner.epoch + 1) % curve_every == 0 or learner.epoch + 1 == epochs):
-            score(learner.epoch + 1)
+        if event == "after_epoch" and scores_after(learner.epoch + 1, epochs, curve_every):
+            clean[learner.epoch + 1] = learner.evaluate(clean_train_loader)["acc"]
 
-    hist = learn.fit(epochs, lr, callbacks=[after_epoch, *fit_kwargs.pop("callbacks", [])], validate=False,
+    hist = learn.fit(epochs, lr, callbacks=[after_epoch, *fit_kwargs.pop("callbacks", [])], validate=curve_every,
                      **fit_kwargs)
-    if len(hist) and int(hist["epoch"].iloc[-1]) not in measured:   # stopped early by a callback: score the end
-        score(int(hist["epoch"].iloc[-1]))
-    for column, pick in (("val_loss", lambda m: m[0]["loss"]), ("val_acc", lambda m: m[0]["acc"]),
-                         ("train_acc_clean", lambda m: m[1])):
-        hist[column] = [pick(measured[e]) if e in measured else float("nan") for e in hist["epoch"]]
-    return hist
+    if len(hist) and int(hist["epoch"].iloc[-1]) not in clean:     # stopped early by a callback: score the end
+        val = learn.evaluate()
+        hist.loc[hist.index[-1], ["val_loss", "val_acc"]] = val["loss"], val["acc"]
+        clean[int(hist["epoch"].iloc[-1])] = learn.evaluate(clean_train_loader)["acc"]
+    return hist.assign(train_acc_clean=[clean.get(e, float("nan")) for e in hist["epoch"]])
 
 
 def time_steps(model: torch.nn.Module, loader: Iterable, n_steps: int = 10, warmup: int = 1,
