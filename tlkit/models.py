@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .data import DEFAULT_NORM
+from .small_maps import use_small_map_depthwise
 
 __all__ = ["Net", "WeightsUnavailableError", "check_backbone", "count_params", "create", "eval_mode",
            "freeze", "freeze_batchnorm", "freeze_to", "group_table", "imagenet_classes", "imagenet_top_k",
@@ -136,6 +137,7 @@ def _lite0(pretrained: bool):
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     if pretrained:
         load_lite0_imagenet(model)
+    use_small_map_depthwise(model)   # its last stages' 1x1-3x3 maps are slow in oneDNN's depthwise conv on CPU
     imagenet_head = model.classifier
     model.reset_classifier(0)  # forward now returns pooled features
     blocks = model.blocks

@@ -1,0 +1,129 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from tlkit import models
+from tlkit.small_maps import (MAX_PIXELS, SmallMapDepthwiseConv2d, depthwise_as_matrices, takes_matrix_path, tap_matrix,
+                              use_small_map_depthwise)
+
+
+@st.composite
+def depthwise_cases(draw):
+    kh, kw = draw(st.sampled_from([1, 3, 5])), draw(st.sampled_from([1, 3, 5]))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2)))
+    h = draw(st.integers(max(1, kh - 2 * padding[0]), 5))
+    w = draw(st.integers(max(1, kw - 2 * padding[1]), 5))
+    return (draw(st.integers(1, 3)), draw(st.integers(1, 6)), h, w, kh, kw, stride, padding,
+            draw(st.booleans()), draw(st.booleans()), draw(st.integers(0, 2 ** 16)))
+
+
+@settings(max_examples=120, deadline=None)
+@given(depthwise_cases())
+def test_matrix_path_equals_conv2d_in_values_and_gradients(case):
+    n, c, h, w, kh, kw, stride, padding, with_bias, channels_last, seed = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weight = torch.randn(c, 1, kh, kw, generator=g, requires_grad=True)
+    bias = torch.randn(c, generator=g, requires_grad=True) if with_bias else None
+    ref = F.conv2d(x, weight, bias, stride, padding, 1, c)
+    out = depthwise_as_matrices(x, weight, bias, stride, padding)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grad_out = torch.randn(ref.shape, generator=g)
+    inputs = [t for t in (x, weight, bias) if t is not None]
+    for mine, lib in zip(torch.autograd.grad(out, inputs, grad_out), torch.autograd.grad(ref, inputs, grad_out)):
+        torch.testing.assert_close(mine, lib, rtol=1e-5, atol=1e-5)
+
+
+def test_tap_matrix_counts_the_taps_that_read_the_image():
+    # a 1x1 map with a 5x5 kernel and padding 2: only the centre tap reads the pixel
+    taps = tap_matrix(1, 1, 5, 5, (1, 1), (2, 2))
+    assert taps.shape == (25, 1, 1) and taps.sum() == 1 and taps[12, 0, 0] == 1
+    # a 3x3 'same' convolution on a 3x3 map: corner outputs read 4 pixels, edges 6, the centre 9
+    taps = tap_matrix(3, 3, 3, 3, (1, 1), (1, 1))
+    assert taps.sum(dim=(0, 2)).tolist() == [4, 6, 4, 6, 9, 6, 4, 6, 4]
+
+
+def test_matrix_path_only_where_the_map_is_small_and_smaller_than_the_kernel():
+    assert takes_matrix_path((1, 1), (3, 3)) and takes_matrix_path((3, 3), (5, 5)) and takes_matrix_path((2, 3), (3, 5))
+    assert not takes_matrix_path((3, 3), (3, 3))      # oneDNN's depthwise kernel is fast here
+    assert not takes_matrix_path((4, 4), (5, 5))      # 16 pixels > MAX_PIXELS
+    assert 16 > MAX_PIXELS >= 9
+
+
+def test_layer_keeps_the_library_path_elsewhere_and_follows_the_input_layout():
+    conv = nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False)
+    fast = copy.deepcopy(conv)
+    assert use_small_map_depthwise(fast) == 1 and isinstance(fast, SmallMapDepthwiseConv2d)
+    big = torch.randn(2, 8, 4, 4)   # the very same call as the library's
+    assert torch.equal(fast(big), conv(big))
+    small = torch.randn(2, 8, 3, 3).contiguous(memory_format=torch.channels_last)
+    out = fast(small)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, conv(small), rtol=1e-5, atol=1e-5)
+    plain = fast(small.contiguous())
+    assert plain.is_contiguous()
+    torch.testing.assert_close(plain, out, rtol=1e-5, atol=1e-5)
+
+
+def test_only_depthwise_zero_padded_layers_are_swapped():
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4),            # depthwise: swapped
+                          nn.Conv2d(4, 8, 1),                                 # pointwise
+                          nn.Conv2d(8, 8, 3, padding=1, groups=2),            # grouped, not depthwise
+                          nn.Conv2d(8, 8, 3, padding=1, groups=8, padding_mode="reflect"),
+                          nn.Conv2d(8, 8, 3, padding="same", groups=8),
+                          nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8))
+    assert use_small_map_depthwise(model) == 1
+    assert [type(m) is SmallMapDepthwiseConv2d for m in model] == [True] + [False] * 5
+
+
+def test_bf16_autocast_computes_in_bf16_like_the_library():
+    conv = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+    fast = copy.deepcopy(conv)
+    use_small_map_depthwise(fast)
+    x = torch.randn(4, 6, 2, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, out = conv(x), fast(x)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_lite0_swaps_its_depthwise_layers_and_keeps_results_and_state_dict_keys():
+    torch.manual_seed(0)
+    net = models.create("efficientnet_lite0", num_classes=3, pretrained=False).eval()
+    swapped = [m for m in net.modules() if isinstance(m, SmallMapDepthwiseConv2d)]
+    plain = copy.deepcopy(net)
+    for m in plain.modules():
+        if isinstance(m, SmallMapDepthwiseConv2d):
+            m.__class__ = nn.Conv2d
+    assert len(swapped) == 16 - 4   # Lite0's 16 blocks; the 4 that downsample use timm's Conv2dSame
+    assert list(net.state_dict()) == list(plain.state_dict())
+    x = torch.randn(4, 3, 32, 32)   # 32 px: the last stages run on 2x2 and 1x1 maps
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [32, 96])
+def test_lite0_training_gradients_match_the_library(size):
+    torch.manual_seed(0)
+    net = models.create("efficientnet_lite0", num_classes=3, pretrained=True).eval()  # BN in eval: well-conditioned
+    plain = copy.deepcopy(net)
+    for m in plain.modules():
+        if isinstance(m, SmallMapDepthwiseConv2d):
+            m.__class__ = nn.Conv2d
+    x, y = torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 0])
+    grads = []
+    for model in (net, plain):
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        grads.append([p.grad for p in model.parameters()])
+    for mine, lib in zip(*grads):
+        torch.testing.assert_close(mine, lib, rtol=1e-3, atol=1e-5)
