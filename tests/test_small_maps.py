@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from tlkit import models
-from tlkit.small_maps import (MAX_PIXELS, SmallMapDepthwiseConv2d, depthwise_as_matrices, takes_matrix_path, tap_matrix,
-                              use_small_map_depthwise)
+from tlkit.small_maps import (MATRIX_PIXELS, TAPS_PIXELS, SmallMapDepthwiseConv2d, depthwise_as_matrices, path_for,
+                              tap_matrix, tap_weight_grad, use_small_map_depthwise)
 
 
 @st.composite
@@ -23,18 +23,23 @@ def depthwise_cases(draw):
             draw(st.booleans()), draw(st.booleans()), draw(st.integers(0, 2 ** 16)))
 
 
-@settings(max_examples=120, deadline=None)
-@given(depthwise_cases())
-def test_matrix_path_equals_conv2d_in_values_and_gradients(case):
+def case_tensors(case):
+    """(x, weight, bias or None, stride, padding, generator) of a drawn case; x and weight require grad."""
     n, c, h, w, kh, kw, stride, padding, with_bias, channels_last, seed = case
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, c, h, w, generator=g)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
     weight = torch.randn(c, 1, kh, kw, generator=g, requires_grad=True)
     bias = torch.randn(c, generator=g, requires_grad=True) if with_bias else None
-    ref = F.conv2d(x, weight, bias, stride, padding, 1, c)
+    return x.requires_grad_(), weight, bias, stride, padding, g
+
+
+@settings(max_examples=120, deadline=None)
+@given(depthwise_cases())
+def test_matrix_path_equals_conv2d_in_values_and_gradients(case):
+    x, weight, bias, stride, padding, g = case_tensors(case)
+    ref = F.conv2d(x, weight, bias, stride, padding, 1, x.shape[1])
     out = depthwise_as_matrices(x, weight, bias, stride, padding)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     grad_out = torch.randn(ref.shape, generator=g)
@@ -52,26 +57,52 @@ def test_tap_matrix_counts_the_taps_that_read_the_image():
     assert taps.sum(dim=(0, 2)).tolist() == [4, 6, 4, 6, 9, 6, 4, 6, 4]
 
 
-def test_matrix_path_only_where_the_map_is_small_and_smaller_than_the_kernel():
-    assert takes_matrix_path((1, 1), (3, 3)) and takes_matrix_path((3, 3), (5, 5)) and takes_matrix_path((2, 3), (3, 5))
-    assert not takes_matrix_path((3, 3), (3, 3))      # oneDNN's depthwise kernel is fast here
-    assert not takes_matrix_path((4, 4), (5, 5))      # 16 pixels > MAX_PIXELS
-    assert 16 > MAX_PIXELS >= 9
+def test_each_map_size_takes_its_path():
+    assert path_for((1, 1), (3, 3)) == path_for((2, 2), (5, 5)) == path_for((1, 2), (3, 3)) == "matrix"
+    assert path_for((3, 3), (5, 5)) == path_for((4, 4), (5, 5)) == path_for((2, 3), (3, 5)) == "taps"
+    assert path_for((3, 3), (3, 3)) == "library"      # oneDNN's depthwise kernel is fast here
+    assert path_for((1, 20), (3, 3)) == "library"     # 20 pixels > TAPS_PIXELS
+    assert (MATRIX_PIXELS, TAPS_PIXELS) == (4, 16)
 
 
-def test_layer_keeps_the_library_path_elsewhere_and_follows_the_input_layout():
+@settings(max_examples=80, deadline=None)
+@given(depthwise_cases())
+def test_tap_weight_grad_equals_the_library_weight_gradient(case):
+    x, weight, _, stride, padding, g = case_tensors(case)
+    ref = F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
+    grad_out = torch.randn(ref.shape, generator=g)
+    (expected,) = torch.autograd.grad(ref, weight, grad_out)
+    torch.testing.assert_close(tap_weight_grad(x.detach(), grad_out, weight.shape[-2:], stride, padding), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size,path", [(1, "matrix"), (2, "matrix"), (3, "taps"), (4, "taps"), (6, "library")])
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_equals_conv2d_on_every_path(size, path, channels_last, bias):
+    torch.manual_seed(size)
+    conv = nn.Conv2d(12, 12, 5, padding=2, groups=12, bias=bias)
+    fast = copy.deepcopy(conv)
+    use_small_map_depthwise(fast)
+    assert path_for((size, size), (5, 5)) == path
+    x = torch.randn(3, 12, size, size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out, ref = fast(x.requires_grad_()), conv(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last) == ref.is_contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(ref.shape)
+    for mine, lib in zip(torch.autograd.grad(out, [x, *fast.parameters()], grad_out),
+                         torch.autograd.grad(ref, [x, *conv.parameters()], grad_out)):
+        torch.testing.assert_close(mine, lib, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_keeps_the_library_call_on_larger_maps():
     conv = nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False)
     fast = copy.deepcopy(conv)
     assert use_small_map_depthwise(fast) == 1 and isinstance(fast, SmallMapDepthwiseConv2d)
-    big = torch.randn(2, 8, 4, 4)   # the very same call as the library's
+    big = torch.randn(2, 8, 5, 5)
     assert torch.equal(fast(big), conv(big))
-    small = torch.randn(2, 8, 3, 3).contiguous(memory_format=torch.channels_last)
-    out = fast(small)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out, conv(small), rtol=1e-5, atol=1e-5)
-    plain = fast(small.contiguous())
-    assert plain.is_contiguous()
-    torch.testing.assert_close(plain, out, rtol=1e-5, atol=1e-5)
 
 
 def test_only_depthwise_zero_padded_layers_are_swapped():
@@ -85,15 +116,18 @@ def test_only_depthwise_zero_padded_layers_are_swapped():
     assert [type(m) is SmallMapDepthwiseConv2d for m in model] == [True] + [False] * 5
 
 
-def test_bf16_autocast_computes_in_bf16_like_the_library():
-    conv = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+@pytest.mark.parametrize("size", [2, 4])
+def test_bf16_autocast_computes_in_bf16_like_the_library(size):
+    conv = nn.Conv2d(6, 6, 5, padding=2, groups=6, bias=False)
     fast = copy.deepcopy(conv)
     use_small_map_depthwise(fast)
-    x = torch.randn(4, 6, 2, 2)
+    x = torch.randn(4, 6, size, size, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ref, out = conv(x), fast(x)
     assert out.dtype == ref.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    out.float().sum().backward()
+    assert fast.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
 
 
 def test_lite0_swaps_its_depthwise_layers_and_keeps_results_and_state_dict_keys():
@@ -111,7 +145,7 @@ def test_lite0_swaps_its_depthwise_layers_and_keeps_results_and_state_dict_keys(
         torch.testing.assert_close(net(x), plain(x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("size", [32, 96])
+@pytest.mark.parametrize("size", [32, 96, 128])
 def test_lite0_training_gradients_match_the_library(size):
     torch.manual_seed(0)
     net = models.create("efficientnet_lite0", num_classes=3, pretrained=True).eval()  # BN in eval: well-conditioned

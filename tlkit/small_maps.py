@@ -1,10 +1,11 @@
-"""Depthwise convolutions on tiny feature maps, computed as one broadcast multiply on the CPU.
+"""Depthwise convolutions on feature maps smaller than their kernel, computed fast on the CPU.
 
 Why: on a CPU, oneDNN runs a depthwise convolution whose map is smaller than its kernel (the 1x1 to
-3x3 maps of EfficientNet-Lite0's last stages at 32-96 px) as one small GEMM per channel, 5-50x slower
-than on a slightly larger map. There, each channel's convolution is a small matrix
-(output pixels x input pixels) built from its kernel, so a multiply-and-sum over a few pixels does the
-same sums, and autograd gives the gradients. Larger maps, and every other device, keep the library's
+4x4 maps of EfficientNet-Lite0's last stages at 32-128 px) as one small GEMM per channel, 3-70x slower
+than on a slightly larger map. On 1x1 and 2x2 maps each channel's convolution is a tiny matrix (output
+pixels x input pixels) built from its kernel, so one broadcast multiply-and-sum does the same sums and
+autograd gives the gradients. On 3x3 and 4x4 maps only the weight gradient is slow, and one
+multiply-and-sum per kernel tap computes it. Larger maps, and every other device, keep the library's
 convolution.
 """
 from __future__ import annotations
@@ -14,11 +15,13 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-__all__ = ["MAX_PIXELS", "SmallMapDepthwiseConv2d", "depthwise_as_matrices", "takes_matrix_path", "tap_matrix",
-           "use_small_map_depthwise"]
+__all__ = ["MATRIX_PIXELS", "SmallMapDepthwiseConv2d", "TAPS_PIXELS", "depthwise_as_matrices", "path_for",
+           "tap_matrix", "tap_weight_grad", "use_small_map_depthwise"]
 
-MAX_PIXELS = 9   # at most 3x3 input pixels take the matrix path; at 4x4 it is as slow as oneDNN (measured)
+MATRIX_PIXELS = 4   # maps of at most 2x2 pixels take the matrix path (measured: at 3x3 the taps are faster)
+TAPS_PIXELS = 16    # up to 4x4 the taps path; at 5x5 oneDNN is as fast
 
 
 @functools.lru_cache(maxsize=64)
@@ -60,30 +63,75 @@ def depthwise_as_matrices(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return y if bias is None else y + bias.reshape(1, c, 1, 1)
 
 
+def tap_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: tuple[int, int],
+                    stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """The weight gradient of a depthwise convolution, one multiply-and-sum over channels-last pixels per tap."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    ho, wo = grad_out.shape[-2:]
+    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))   # (n, h, w, c): channels innermost
+    grad = grad_out.permute(0, 2, 3, 1)
+    out = grad.new_empty(x.shape[1], kh * kw)
+    for i in range(kh):
+        for j in range(kw):
+            seen = padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+            out[:, i * kw + j] = (seen * grad).sum((0, 1, 2))
+    return out.reshape(x.shape[1], 1, kh, kw)
+
+
+class _TapWeightGrad(torch.autograd.Function):
+    """The library's depthwise forward and input gradient, with `tap_weight_grad` for the weight."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, None, list(ctx.stride), list(ctx.padding), [1, 1], False, [0, 0],
+                x.shape[1], [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            grad_w = tap_weight_grad(x, grad_out, weight.shape[-2:], ctx.stride, ctx.padding)
+        return grad_x, grad_w, None, None
+
+
+def path_for(map_size: tuple[int, int], kernel_size: tuple[int, int]) -> str:
+    """How a depthwise convolution runs here on a CPU map: "matrix", "taps" or "library".
+
+    oneDNN's fast kernels cover maps at least as large as the kernel (a 3x3 map with a 3x3 kernel takes
+    1 ms). On smaller maps: "matrix" (`depthwise_as_matrices`, whose cost grows with pixels squared) up
+    to `MATRIX_PIXELS`, then "taps" (`tap_weight_grad`: there only the weight gradient is slow) up to
+    `TAPS_PIXELS`.
+    """
+    (h, w), (kh, kw) = map_size, kernel_size
+    if (h >= kh and w >= kw) or h * w > TAPS_PIXELS:
+        return "library"
+    return "matrix" if h * w <= MATRIX_PIXELS else "taps"
+
+
 class SmallMapDepthwiseConv2d(nn.Conv2d):
-    """An `nn.Conv2d` (depthwise, zero padding) that takes the matrix path on small CPU maps (`takes_matrix_path`)."""
+    """An `nn.Conv2d` (depthwise, zero padding) that runs small CPU maps the way `path_for` says."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dim() != 4 or not takes_matrix_path(x.shape[-2:], self.kernel_size):
-            return super().forward(x)
+        path = path_for(x.shape[-2:], self.kernel_size) if x.device.type == "cpu" and x.dim() == 4 else "library"
         weight, bias = self.weight, self.bias
-        if torch.is_autocast_enabled("cpu"):   # compute in the autocast dtype, as the library's conv would
+        if path != "library" and torch.is_autocast_enabled("cpu"):   # compute in the dtype the library's would
             dtype = torch.get_autocast_dtype("cpu")
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
-        elif x.dtype != weight.dtype:
+        if path == "library" or x.dtype != weight.dtype:
             return super().forward(x)
-        return depthwise_as_matrices(x, weight, bias, self.stride, self.padding)
-
-
-def takes_matrix_path(map_size: tuple[int, int], kernel_size: tuple[int, int]) -> bool:
-    """True for a map of at most `MAX_PIXELS` pixels that is smaller than the kernel.
-
-    Why both: oneDNN's fast depthwise kernels cover maps at least as large as the kernel (a 3x3 map
-    with a 3x3 kernel takes 1 ms), and the matrix path's cost grows with pixels squared.
-    """
-    (h, w), (kh, kw) = map_size, kernel_size
-    return h * w <= MAX_PIXELS and (h < kh or w < kw)
+        if path == "matrix":
+            return depthwise_as_matrices(x, weight, bias, self.stride, self.padding)
+        with torch.autocast("cpu", enabled=False):
+            y = _TapWeightGrad.apply(x, weight, self.stride, self.padding)
+        return y if bias is None else y + bias.reshape(1, -1, 1, 1)
 
 
 def _is_depthwise(m: nn.Module) -> bool:
