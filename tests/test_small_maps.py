@@ -130,30 +130,47 @@ def test_bf16_autocast_computes_in_bf16_like_the_library(size):
     assert fast.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
 
 
-def test_lite0_swaps_its_depthwise_layers_and_keeps_results_and_state_dict_keys():
-    torch.manual_seed(0)
-    net = models.create("efficientnet_lite0", num_classes=3, pretrained=False).eval()
-    swapped = [m for m in net.modules() if isinstance(m, SmallMapDepthwiseConv2d)]
+def library_copy(net: nn.Module) -> nn.Module:
+    """A deep copy of `net` whose depthwise layers are plain `nn.Conv2d` again."""
     plain = copy.deepcopy(net)
     for m in plain.modules():
         if isinstance(m, SmallMapDepthwiseConv2d):
             m.__class__ = nn.Conv2d
-    assert len(swapped) == 16 - 4   # Lite0's 16 blocks; the 4 that downsample use timm's Conv2dSame
-    assert list(net.state_dict()) == list(plain.state_dict())
-    x = torch.randn(4, 3, 32, 32)   # 32 px: the last stages run on 2x2 and 1x1 maps
+    return plain
+
+
+def paths_taken(net: nn.Module, x: torch.Tensor) -> set[str]:
+    """The `path_for` answers of the swapped layers during one forward pass of `x`."""
+    paths = set()
+    hooks = [m.register_forward_pre_hook(lambda m, args: paths.add(path_for(args[0].shape[-2:], m.kernel_size)))
+             for m in net.modules() if isinstance(m, SmallMapDepthwiseConv2d)]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    return paths
+
+
+def test_lite0_swaps_its_depthwise_layers_and_keeps_results_and_state_dict_keys():
+    torch.manual_seed(0)
+    net = models.create("efficientnet_lite0", num_classes=3, pretrained=False).eval()
+    plain = library_copy(net)
+    assert sum(isinstance(m, SmallMapDepthwiseConv2d) for m in net.modules()) == 16 - 4  # the 4 downsampling
+    assert list(net.state_dict()) == list(plain.state_dict())                            # blocks: Conv2dSame
+    x = torch.randn(4, 3, 32, 32)   # 32 px: 16x16 maps first, 4x4 to 1x1 in the later stages
+    assert paths_taken(net, x) == {"library", "matrix", "taps"}
     with torch.no_grad():
         torch.testing.assert_close(net(x), plain(x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("size", [32, 96, 128])
-def test_lite0_training_gradients_match_the_library(size):
+@pytest.mark.parametrize("size,paths", [(32, {"library", "matrix", "taps"}), (96, {"library", "taps"}),
+                                        (128, {"library", "taps"})])
+def test_lite0_training_gradients_match_the_library(size, paths):
     torch.manual_seed(0)
     net = models.create("efficientnet_lite0", num_classes=3, pretrained=True).eval()  # BN in eval: well-conditioned
-    plain = copy.deepcopy(net)
-    for m in plain.modules():
-        if isinstance(m, SmallMapDepthwiseConv2d):
-            m.__class__ = nn.Conv2d
+    plain = library_copy(net)
     x, y = torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 0])
+    assert paths_taken(net, x) == paths
     grads = []
     for model in (net, plain):
         model.zero_grad()

@@ -137,7 +137,7 @@ def _lite0(pretrained: bool):
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     if pretrained:
         load_lite0_imagenet(model)
-    use_small_map_depthwise(model)   # its last stages' 1x1-3x3 maps are slow in oneDNN's depthwise conv on CPU
+    use_small_map_depthwise(model)   # its last stages' 1x1-4x4 maps are slow in oneDNN's depthwise conv on CPU
     imagenet_head = model.classifier
     model.reset_classifier(0)  # forward now returns pooled features
     blocks = model.blocks
