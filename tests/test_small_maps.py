@@ -97,6 +97,17 @@ def test_layer_equals_conv2d_on_every_path(size, path, channels_last, bias, stri
         torch.testing.assert_close(mine, lib, rtol=1e-5, atol=1e-5)
 
 
+def test_a_shape_first_met_in_inference_mode_still_trains():
+    tap_matrix.cache_clear()   # the tap tensor of this shape is built under inference_mode, then saved by autograd
+    conv = nn.Conv2d(7, 7, 5, padding=2, groups=7, bias=False)
+    use_small_map_depthwise(conv)
+    x = torch.randn(2, 7, 2, 1)
+    with torch.inference_mode():
+        conv(x)
+    conv(x).sum().backward()
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+
+
 def test_layer_keeps_the_library_call_on_larger_maps():
     conv = nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False)
     fast = copy.deepcopy(conv)

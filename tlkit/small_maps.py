@@ -30,10 +30,12 @@ def tap_matrix(h: int, w: int, kh: int, kw: int, stride: tuple[int, int],
     """0/1 tensor (kh*kw, out pixels, in pixels): which input pixel each kernel tap reads for each output.
 
     Taps that read only zero padding have all-zero rows. Cached per shape, so treat it as read-only.
+    Built outside inference mode even when first asked for inside it: autograd may save it later.
     """
     (sh, sw), (ph, pw) = stride, padding
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    taps = torch.zeros(kh * kw, ho * wo, h * w)
+    with torch.inference_mode(False):
+        taps = torch.zeros(kh * kw, ho * wo, h * w)
     for i in range(kh):
         for j in range(kw):
             for a in range(ho):
