@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .conv import conv_output_size
+
 __all__ = ["MATRIX_PIXELS", "SmallMapDepthwiseConv2d", "TAPS_PIXELS", "depthwise_as_matrices", "path_for",
            "tap_matrix", "tap_weight_grad", "use_small_map_depthwise"]
 
@@ -33,7 +35,7 @@ def tap_matrix(h: int, w: int, kh: int, kw: int, stride: tuple[int, int],
     Built outside inference mode even when first asked for inside it: autograd may save it later.
     """
     (sh, sw), (ph, pw) = stride, padding
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     with torch.inference_mode(False):
         taps = torch.zeros(kh * kw, ho * wo, h * w)
     for i in range(kh):
@@ -52,7 +54,7 @@ def depthwise_as_matrices(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     n, c, h, w = x.shape
     kh, kw = weight.shape[-2:]
     taps = tap_matrix(h, w, kh, kw, tuple(stride), tuple(padding)).to(weight.dtype)
-    ho, wo = (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
+    ho, wo = conv_output_size(h, kh, stride[0], padding[0]), conv_output_size(w, kw, stride[1], padding[1])
     per_tap = taps.reshape(kh * kw, -1)
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         # NHWC: keep channels innermost, so every multiply runs along contiguous memory
