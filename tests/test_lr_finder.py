@@ -653,3 +653,15 @@ def test_divergence_counts_a_best_loss_below_the_floor_as_the_floor():
     result.loss_floor = 0.05
     assert divergence_lr(result) == lrs[8]          # 0.2 >= 2 x 0.05: where the loss really took off
     assert lr_from_finder(result) == pytest.approx(lrs[8] / 10)
+
+
+def test_lr_find_sweeps_a_learner_in_its_micro_batches():
+    from tlkit import Learner
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 4, 4, generator=g), torch.randint(0, 2, (64,), generator=g)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    probe, sizes = AutocastProbe(), []
+    probe.register_forward_pre_hook(lambda module, inputs: sizes.append(len(inputs[0])))
+    learn = Learner(probe, SimpleNamespace(train=loader, val=loader), opt="sgd", progress=False, micro_batch=4)
+    r = lr_find(learn, start_lr=1e-4, end_lr=1e-1, num_it=5, diverge=None, warn=False)
+    assert len(r.lrs) == 5 and sizes == [4] * 20    # 5 steps of 16 images, each as 4 pieces

@@ -239,3 +239,16 @@ def test_over_seeds_averages_each_images_correctness_over_independent_runs(tmp_p
     assert len({tuple(r["history"]["val_loss"].round(6)) for r in singles}) > 1   # the seeds really differ
     with pytest.raises(ValueError, match="at least one seed"):
         S.over_seeds(run, task, [])
+
+
+def test_micro_batches_leave_a_fine_tune_with_frozen_batchnorm_as_it_was(tmp_path):
+    """(d) keeps BatchNorm frozen, so pieces of 4 give the sums of whole batches of 8 (lesson 1's prose)."""
+    import dataclasses
+    task = tiny_task(tmp_path)
+    whole = S.full_finetune(task, epochs=1, head_epochs=1, progress=False)
+    pieces = S.full_finetune(dataclasses.replace(task, micro_batch=4), epochs=1, head_epochs=1, progress=False)
+    np.testing.assert_allclose(pieces["losses"], whole["losses"], rtol=1e-4, atol=1e-6)
+    # (e) trains its BatchNorm layers, which normalise each piece on its own: the pieces were used
+    scratch = [S.scratch(t, epochs=1, progress=False)["losses"]
+               for t in (task, dataclasses.replace(task, micro_batch=4))]
+    assert np.abs(scratch[0] - scratch[1]).max() > 1e-3

@@ -281,3 +281,72 @@ def test_validate_every_k_epochs_scores_those_and_the_last_and_trains_the_same_w
         assert torch.equal(a, b)
     with pytest.raises(ParameterError, match="validate"):
         runs[2][1].fit(2, 0.1, validate=0)
+
+
+# ---------------------------------------------------------------- micro-batches (gradient accumulation)
+
+def one_step_grads(net, x, y, micro_batch):
+    """The gradients `Learner` leaves after one step on (x, y), read before the optimizer applies them."""
+    seen = {}
+    dls = DataLoaders(DataLoader(list(zip(x, y)), batch_size=len(y)), None, ["neg", "pos"], None)
+    learn = Learner(net, dls, opt="sgd", wd=0.0, progress=False, channels_last=False, micro_batch=micro_batch)
+    learn.fit(1, 1e-3, validate=False, callbacks=[tlkit_on("after_loss", lambda l: seen.update(
+        {n: p.grad.clone() for n, p in l.net.named_parameters()}))])
+    return seen, learn
+
+
+def test_micro_batches_add_up_to_each_pieces_own_gradient_weighted_by_its_size():
+    """Reference: autograd on each piece alone (10 images as 4 + 4 + 2), BatchNorm statistics per piece."""
+    torch.manual_seed(0)
+    net = nn.Sequential(*tiny_net()[:5], tiny_net()[-1])   # no dropout: the same sums every time
+    data = NoisyBlobs(10, augment=False)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    got, learn = one_step_grads(net, data.x, data.y, micro_batch=4)
+    net.load_state_dict(start)
+    net.zero_grad()
+    net.train()                         # BatchNorm in training mode: each piece is normalised on its own
+    for xs, ys in zip(data.x.split(4), data.y.split(4)):
+        (nn.functional.cross_entropy(net(xs), ys) * len(ys) / 10).backward()
+    for name, p in net.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-5, atol=1e-7)
+    assert learn.last_loss == pytest.approx(float(learn.loss)) and learn.loss.grad_fn is None
+
+
+def test_micro_batches_change_nothing_without_batch_statistics():
+    """No layer in training mode depends on other images of the batch, so 16 as 4 x 4 is the batch of 16."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+    data = NoisyBlobs(16, augment=False)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    whole, learn_whole = one_step_grads(net, data.x, data.y, micro_batch=None)
+    net.load_state_dict(start)
+    pieces, learn_pieces = one_step_grads(net, data.x, data.y, micro_batch=4)
+    for name in whole:
+        torch.testing.assert_close(pieces[name], whole[name], rtol=1e-5, atol=1e-7)
+    assert learn_pieces.last_loss == pytest.approx(learn_whole.last_loss, rel=1e-6)
+    assert learn_pieces.history["train_acc"].iloc[0] == learn_whole.history["train_acc"].iloc[0]
+
+
+def test_a_nan_in_a_later_piece_stops_before_the_step():
+    learn = make_learner(micro_batch=4)
+    before = {k: v.clone() for k, v in learn.net.named_parameters()}
+    calls = []
+
+    def poison_third_piece(module, inputs, output):
+        calls.append(1)
+        return output * float("nan") if len(calls) == 3 else output
+
+    learn.net[-1].register_forward_hook(poison_third_piece)
+    with pytest.raises(NonFiniteLossError):
+        learn.fit(1, 1e-2)
+    assert len(calls) == 4           # the first batch of 16, as four pieces: then it stopped
+    for k, v in learn.net.named_parameters():     # (BatchNorm's running statistics move in every forward pass)
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "8"])
+def test_micro_batch_must_be_a_positive_whole_number(bad):
+    from tlkit.errors import ParameterError
+    with pytest.raises(ParameterError, match="micro_batch"):
+        make_learner(micro_batch=bad)

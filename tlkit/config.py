@@ -97,7 +97,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
 # Which parameters hold what, by name: the lessons follow these naming rules, so one check covers them all.
 _FRACTIONS = ("subset", "fraction")                       # ... and lists named *fractions
 _POSITIVE_INTS = ("epochs", "cycles", "cycle_len", "batch_size", "size", "hidden", "num_it", "iters", "images",
-                  "steps", "draws", "width", "points", "every")    # also every n_* and max_*
+                  "steps", "draws", "width", "points", "every", "batch")    # also every n_* and max_*
 _NON_NEGATIVE_INTS = ("max_workers", "finetune_from")
 _POSITIVE_REALS = ("lr", "lrs", "ratio", "cycle_mult")    # also every ratio_*
 

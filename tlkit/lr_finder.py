@@ -467,7 +467,7 @@ def _is_learner(obj) -> bool:
 
 
 def _sweep_learner(model, train_loader, loss_fn, optimizer, group_lrs, device, progress):
-    """A `Learner` for the sweep: a learner's net, recipe, precision and layout, or a bare model's.
+    """A `Learner` for the sweep: a learner's net, recipe, precision, layout and micro-batches, or a bare model's.
 
     It shares the network (so the sweep trains it, and `lr_find` restores it) but has its own optimizer,
     GradScaler and history, so the learner it came from keeps its own.
@@ -479,7 +479,8 @@ def _sweep_learner(model, train_loader, loss_fn, optimizer, group_lrs, device, p
         opt = (lambda groups, wd: optimizer) if optimizer is not None else learn.opt_factory
         return Learner(learn.net, SimpleNamespace(train=train_loader or learn.dls.train, val=None), opt=opt,
                        wd=learn.wd, loss_fn=loss_fn or learn.loss_fn, device=device or learn.device,
-                       precision=learn.precision, channels_last=learn.channels_last, progress=progress)
+                       precision=learn.precision, channels_last=learn.channels_last, progress=progress,
+                       micro_batch=learn.micro_batch)
     if train_loader is None:
         raise ValueError("lr_find needs a train_loader (or a Learner)")
     optimizer = optimizer if optimizer is not None else _default_optimizer(model)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from . import data, features, models
+from .train import Learner
 
 __all__ = ["Task", "make_task"]
 
@@ -30,6 +31,7 @@ class Task:
     cache_dir: Path | None = None
     norm: tuple = data.DEFAULT_NORM
     channels_last: bool = True  # faster convolutions on CPUs and GPUs; the numbers stay the same
+    micro_batch: int | None = None  # images per forward/backward piece of a batch (`Learner`'s micro_batch)
 
     @property
     def classes(self) -> list[str]:
@@ -76,6 +78,11 @@ class Task:
                                        data.make_loader(self.val_images(), self.batch_size, shuffle=False),
                                        self.classes)
 
+    def learner(self, net: torch.nn.Module, dls, **kwargs) -> Learner:
+        """A `Learner` with the device, memory layout and micro-batches every run of this task shares."""
+        return Learner(net, dls, device=self.device, channels_last=self.channels_last, micro_batch=self.micro_batch,
+                       **kwargs)
+
     def net(self, pretrained: bool = True, hidden: int | None = None) -> models.Net:
         """A fresh network; seeding first gives every strategy the same new head."""
         torch.manual_seed(self.seed)
@@ -105,12 +112,13 @@ class Task:
 def make_task(dataset: str = "hymenoptera", image_size: int = 96, backbone: str = "efficientnet_lite0",
               batch_size: int = 32, seed: int = 0, device: torch.device | str = "cpu",
               cache_dir: str | Path | None = None, val_fraction: float = 0.2, max_train: int | None = None,
-              max_val: int | None = None, fraction: float = 1.0) -> Task:
+              max_val: int | None = None, fraction: float = 1.0, micro_batch: int | None = None) -> Task:
     """Load a dataset's splits and decode them once at the size `image_size` needs.
 
     `max_train` / `max_val` keep at most that many images (seeded, stratified), chosen before decoding:
     memory follows the limits, not the folder. `fraction` then keeps a seeded, stratified fraction of the
-    training images kept.
+    training images kept. `micro_batch` runs each batch through the network in pieces of at most that many
+    images (`Learner`): less activation memory, the same optimizer steps.
     """
     splits = data.get_splits(dataset, seed=seed, val_fraction=val_fraction, image_size=image_size,
                              max_train=max_train, max_val=max_val)
@@ -118,7 +126,7 @@ def make_task(dataset: str = "hymenoptera", image_size: int = 96, backbone: str 
     norm = models.NORMS[models.check_backbone(backbone)]   # what `Net.norm` of this backbone will be
     task = Task(str(dataset), data.in_memory(splits.train, short_side), data.in_memory(splits.val, short_side),
                 image_size, backbone, batch_size, seed, torch.device(device), Path(cache_dir) if cache_dir else None,
-                norm)
+                norm, micro_batch=micro_batch)
     if fraction < 1:
         task = dataclasses.replace(task, train=task.train.subset(float(fraction), seed))
     return task

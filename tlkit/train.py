@@ -54,6 +54,13 @@ def on(event: str, fn: Callable[["Learner"], None]) -> Callback:
     return callback
 
 
+def _pieces(x: torch.Tensor, y: torch.Tensor, micro_batch: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The batch as pieces of at most `micro_batch` items (one piece without a limit)."""
+    if micro_batch is None or len(y) <= micro_batch:
+        return [(x, y)]
+    return list(zip(x.split(micro_batch), y.split(micro_batch)))
+
+
 def _check_event(event: str) -> None:
     if event not in EVENTS:
         close = [e for e in EVENTS if e.split("_")[1] in event or event.split("_")[-1] in e]
@@ -107,12 +114,21 @@ class Learner:
 
     def __init__(self, net: nn.Module, dls, opt: str | Callable = "adamw", wd: float = 1e-4,
                  loss_fn: Callable | None = None, device: torch.device | str | None = None,
-                 precision: str | None = None, channels_last: bool = True, progress: bool | None = None):
+                 precision: str | None = None, channels_last: bool = True, progress: bool | None = None,
+                 micro_batch: int | None = None):
+        """`micro_batch` splits each batch into pieces of at most that many images for the forward and backward
+        passes; their gradients add up to the batch's and the optimizer steps once per batch (gradient
+        accumulation). Why: activation memory follows the piece, not the batch. BatchNorm layers in training
+        mode normalise each piece on its own; frozen ones (eval mode) give the batch's result. `loss_fn` must
+        average over the batch, as torch's losses do by default."""
         if isinstance(opt, str) and opt not in OPTIMIZERS:
             raise ValueError(f"opt={opt!r}: choose one of {sorted(OPTIMIZERS)} or pass a callable(groups, wd)")
         if precision not in (None, "fp32", "bf16", "fp16"):
             raise ValueError(f"precision={precision!r}: choose None (fp32), 'bf16' or 'fp16'")
         check_positive("wd", wd, 1e-4, allow_zero=True)
+        if micro_batch is not None:
+            check_positive_int("micro_batch", micro_batch, 8)
+        self.micro_batch = micro_batch
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
         self.net = net.to(self.device)
         self.channels_last = channels_last
@@ -246,25 +262,35 @@ class Learner:
         return (loss_sum / total, correct / total) if total else (float("nan"), float("nan"))
 
     def _train_step(self, model, x, y, epoch, i, callbacks) -> tuple[int, int]:
-        """Forward, loss, backward and optimizer step on one batch; returns (images, correct predictions)."""
+        """Forward, loss, backward and optimizer step on one batch; returns (images, correct predictions).
+
+        The loss is checked before the step, so a NaN leaves the weights of the last good step.
+        """
         x, y = self._to_device(x, y)
-        with self.autocast():
-            out = model(x)
-            loss = self.loss_fn(out, y)
-        self.loss = loss
+        self.opt.zero_grad(set_to_none=True)
+        pieces = _pieces(x, y, self.micro_batch)
+        losses, correct = [], 0
+        for k, (xs, ys) in enumerate(pieces):
+            sync = k == len(pieces) - 1 or not hasattr(model, "no_sync")   # DDP: all-reduce once per batch
+            with contextlib.nullcontext() if sync else model.no_sync():
+                with self.autocast():
+                    out = model(xs)
+                    loss = self.loss_fn(out, ys) if len(pieces) == 1 else self.loss_fn(out, ys) * (len(ys) / len(y))
+                self.scaler.scale(loss).backward()
+            losses.append(loss)
+            correct += (out.argmax(1) == ys).sum().item() if out.dim() == 2 else 0
+        self.loss = losses[0] if len(losses) == 1 else torch.stack([piece.detach() for piece in losses]).sum()
         self._emit("after_loss", callbacks)
-        if not torch.isfinite(loss):
+        if not torch.isfinite(self.loss):
             lrs = ", ".join(f"{g['lr']:.2e}" for g in self.opt.param_groups)
             raise NonFiniteLossError(
-                f"loss became {loss.item()} in epoch {epoch + 1}, step {i + 1} (lr {lrs}). The weights are "
+                f"loss became {self.loss.item()} in epoch {epoch + 1}, step {i + 1} (lr {lrs}). The weights are "
                 "those of the last good step. Try a learning rate about 10x lower (rerun the LR finder), "
                 "or with fp16 use a GradScaler / precision='bf16'.")
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
-        self.last_loss = loss.item()
-        return y.shape[0], (out.argmax(1) == y).sum().item() if out.dim() == 2 else 0
+        self.last_loss = self.loss.item()
+        return y.shape[0], correct
 
     def seconds_per_image(self, batches: int = 2, train: bool = True) -> float:
         """Measured seconds per image of one training step (loading, forward, backward) on training batches,
@@ -288,10 +314,11 @@ class Learner:
                 except StopIteration:
                     break
                 x, y = self._to_device(x, y)
-                with (contextlib.nullcontext() if train else torch.inference_mode()), self.autocast():
-                    loss = self.loss_fn(self.net(x), y)
-                if train and loss.requires_grad:
-                    loss.backward()
+                for xs, ys in _pieces(x, y, self.micro_batch if train else None):   # as `fit` runs them
+                    with (contextlib.nullcontext() if train else torch.inference_mode()), self.autocast():
+                        loss = self.loss_fn(self.net(xs), ys)
+                    if train and loss.requires_grad:
+                        loss.backward()
                 if i:
                     elapsed, images = elapsed + time.perf_counter() - t0, images + y.shape[0]
         finally:

@@ -79,7 +79,7 @@ def _train_images(fit_net: models.Net, task: Task, strategy: str, epochs: int, l
                   curves: bool = False, **extra) -> dict:
     """Train `fit_net` (already frozen as the strategy needs) on images; the shared part of (a), (c), (d), (e)."""
     dls = task.loaders(fraction, augment)
-    learn = Learner(fit_net, dls, device=task.device, progress=progress, channels_last=task.channels_last)
+    learn = task.learner(fit_net, dls, progress=progress)
     hist, seconds = _fit(learn, epochs, lr, one_cycle, curves)
     return result_row(strategy, learn, hist, seconds + extra_seconds, len(dls.train.dataset), fraction=fraction,
                       augment=augment, history=hist, **extra)
@@ -156,7 +156,7 @@ def train_from_group(task: Task, net: models.Net, strategy: str, train_from: int
     top = models.Net(suffix, net.head, [suffix, net.head], net.feature_dim, net.norm, net.name, net.pretrained)
     dls = data.DataLoaders(task.train_loader(train_a, fraction), data.make_loader(val_a, task.batch_size, shuffle=False),
                            task.classes)
-    learn = Learner(top, dls, device=task.device, progress=progress, channels_last=task.channels_last)
+    learn = task.learner(top, dls, progress=progress)
     hist, seconds = _fit(learn, epochs, lr, one_cycle=True)
     return result_row(strategy, learn, hist, seconds + head_seconds, len(train_a), fraction=fraction, augment=False,
                       history=hist, cached=True, precompute_seconds=train_a.compute_seconds + val_a.compute_seconds,

@@ -422,11 +422,10 @@ def study(task, kind: str, rule: float, seeds, epochs: int, head_epochs: int, he
           ratios=(1, 10, 3), lr_find_iters: int = 100, opt: str = "adamw", bn_stats: bool = True,
           lr: float | None = None, progress: bool | None = None) -> Study:
     """Lesson 05's whole experiment on one dataset: head -> unfreeze -> one finder per setting -> runs per seed."""
-    from ..train import Learner
     net = task.net()
     acc_head = train_head(task, net, head_epochs, head_lr, opt, progress)
     models.unfreeze(net)
-    learn = Learner(net, task.loaders(), opt=opt, device=task.device, progress=progress)
+    learn = task.learner(net, task.loaders(), opt=opt, progress=progress)
     start = models.copy_state(net)
     found = find_lrs(learn, start, ratios, lr_find_iters, bn_stats)
     return study_on(learn, start, task.name, kind, rule, acc_head, found, seeds, epochs, bn_stats, lr)
