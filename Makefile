@@ -16,11 +16,19 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 setup: $(STAMP)
 	@$(VENV_PY) binder/install_overrides.py
 
+# The stamp's name holds pyproject.toml's hash, so a stamp that exists says the packages are already the ones it
+# asks for. A fresh clone (a newer pyproject.toml, the same contents) then only points the environment at this
+# checkout, without resolving every dependency again (seconds instead of most of a minute).
 $(STAMP): pyproject.toml
 	@test -x $(VENV_PY) || $(PYTHON) -m venv $(TLKIT_VENV)
-	@echo "Creating the environment in $(TLKIT_VENV) (first time: a few minutes) ..."
-	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -e ".[lab,test]" 2>&1 \
-	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	@if [ -e $@ ]; then \
+	  echo "Pointing $(TLKIT_VENV) at this checkout (its packages already match pyproject.toml) ..."; \
+	  $(VENV_PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . ; \
+	else \
+	  echo "Creating the environment in $(TLKIT_VENV) (first time: a few minutes) ..."; \
+	  $(VENV_PY) -m pip install --quiet --disable-pip-version-check -e ".[lab,test]" 2>&1 \
+	    | { grep -v "is ignored: it is neither a file nor a directory" || true; }; \
+	fi
 	@rm -f $(TLKIT_VENV)/.tlkit-env-*
 	@touch $@
 
