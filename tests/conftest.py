@@ -56,6 +56,16 @@ def no_network(monkeypatch):
         monkeypatch.setattr(torch.hub, "urlopen", guarded)
 
 
+@pytest.fixture(autouse=True)
+def fit_cache_stays_in_its_test():
+    """A test that runs `tlkit.setup` turns the fit cache on for its own fits only: a later test that patches
+    tlkit's code must train, not read back a fit from before the patch."""
+    yield
+    import sys
+    if "tlkit.fit_cache" in sys.modules:
+        sys.modules["tlkit.fit_cache"].use(None)
+
+
 @pytest.fixture
 def local_server(tmp_path):
     """An HTTP server on 127.0.0.1 serving `tmp_path`: `local_server(path) -> URL` (real downloads, no network)."""

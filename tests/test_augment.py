@@ -2,6 +2,7 @@
 import numpy as np
 import PIL.Image
 import pytest
+import pandas as pd
 import torch
 from sklearn.decomposition import PCA
 from torchvision import tv_tensors
@@ -279,6 +280,30 @@ def test_fit_with_clean_train_acc_measures_the_curves_every_few_epochs_and_train
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="curve_every"):
         l02_augment.fit_with_clean_train_acc(runs[2][1], 2, 0.1, loader, curve_every=0)
+
+
+def test_a_fit_with_clean_train_accuracy_is_read_back_from_the_fit_cache_with_its_curve(tmp_path):
+    from types import SimpleNamespace
+
+    from tlkit import Learner, fit_cache
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    clean = list(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16))
+    noisy = torch.utils.data.TensorDataset(x + 3 * torch.randn(64, 2, generator=torch.Generator().manual_seed(1)), y)
+    fit_cache.use(tmp_path)
+    try:
+        hists = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            shuffled = torch.utils.data.DataLoader(noisy, batch_size=16, shuffle=True,
+                                                   generator=torch.Generator().manual_seed(1))
+            learn = Learner(torch.nn.Linear(2, 2), SimpleNamespace(train=shuffled, val=clean), progress=False)
+            hists.append(l02_augment.fit_with_clean_train_acc(learn, 4, 0.1, clean, curve_every=2))
+    finally:
+        fit_cache.use(None)
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    pd.testing.assert_frame_equal(hists[0], hists[1])     # "seconds" too: the second fit was read back
+    assert hists[1]["train_acc_clean"].notna().tolist() == [False, True, False, True]
 
 
 def test_fit_with_clean_train_acc_scores_the_last_epoch_when_a_callback_stops_early():

@@ -44,9 +44,13 @@ def test_the_entry_counter_counts_what_each_lesson_built_and_ignores_unfinished_
     image_cache.cached_arrays({"data": "a"}, 1, lambda i: np.zeros((2, 2, 3), np.uint8), tmp_path / "decoded")
     counter(result("06_b", 1.0))                            # served the same entry: built nothing
     (tmp_path / "features" / "net-3.pt").write_bytes(b"x")
+    (tmp_path / "fits").mkdir()
+    (tmp_path / "fits" / "0a1b.pt").write_bytes(b"x")
+    (tmp_path / "fits" / ".0a1c.pt-x.tmp").write_bytes(b"half")
     counter(result("03_c", 1.0))
-    assert counter.built == {"01_a": {"decoded": 1, "features": 1}, "06_b": {"decoded": 0, "features": 0},
-                             "03_c": {"decoded": 0, "features": 1}}
+    assert counter.built == {"01_a": {"decoded": 1, "features": 1, "fits": 0},
+                             "06_b": {"decoded": 0, "features": 0, "fits": 0},
+                             "03_c": {"decoded": 0, "features": 1, "fits": 1}}
     s = summarise({"cold": [result("01_a", 2.0)], "warm": [result("01_a", 1.0)]}, "quick",
                   {"cold": {"01_a": {"decoded": 1, "features": 1}}, "warm": {"01_a": {"decoded": 0, "features": 0}}})
     assert s["cold"]["01_a"]["built"] == {"decoded": 1, "features": 1}

@@ -73,6 +73,28 @@ def test_best_epoch_restores_the_weights_of_the_best_validation_epoch():
     assert after["loss"] == pytest.approx(hist["val_loss"].iloc[best - 1], rel=1e-5)
 
 
+def test_a_best_epoch_fit_read_back_from_the_fit_cache_restores_the_same_epoch(tmp_path):
+    from tlkit import fit_cache
+    fit_cache.use(tmp_path)
+    try:
+        runs = []
+        for _ in range(2):
+            learn, head = _feature_learner()
+            keeper = recipe.BestEpoch(head)
+            hist = learn.fit(6, 0.5, callbacks=[keeper])
+            runs.append((keeper.restore(hist), {k: v.clone() for k, v in head.state_dict().items()},
+                         keeper.best_correct, hist))
+            if not runs[1:]:
+                (entry,) = tmp_path.glob("*.pt")
+                written = entry.stat().st_mtime_ns
+    finally:
+        fit_cache.use(None)
+    (best, weights, correct, hist), (best_again, weights_again, correct_again, hist_again) = runs
+    assert entry.stat().st_mtime_ns == written and hist_again["seconds"].tolist() == hist["seconds"].tolist()
+    assert best == best_again and correct.tolist() == correct_again.tolist()
+    assert all(torch.equal(weights[k], weights_again[k]) for k in weights)
+
+
 def test_a_stage_that_validation_rejects_is_undone_but_shown(tmp_path):
     """A harmful stage (a huge LR) is measured, shown with its change, and the network goes back to before it."""
     root = _folder(tmp_path / "f", per_class=10, split=True)

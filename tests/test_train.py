@@ -152,6 +152,18 @@ def test_seconds_per_image_leaves_weights_buffers_and_gradients_as_they_were(tra
     assert all(p.grad is None for p in learn.net.parameters()) and not learn.net.training
 
 
+def test_seconds_per_image_leaves_the_random_state_and_the_batch_order_as_they_were():
+    """A timing read back from the fit cache draws nothing: so a timing taken must leave every generator as it was."""
+    learn = make_learner()
+    order = torch.Generator().manual_seed(3)
+    learn.dls = DataLoaders(DataLoader(NoisyBlobs(), batch_size=16, shuffle=True, generator=order), learn.dls.val,
+                            ["neg", "pos"], None)
+    torch.manual_seed(1)
+    global_before, order_before = torch.get_rng_state(), order.get_state()
+    learn.seconds_per_image(2)     # NoisyBlobs flips from the global RNG, the sampler shuffles with `order`
+    assert torch.equal(torch.get_rng_state(), global_before) and torch.equal(order.get_state(), order_before)
+
+
 def test_seconds_per_image_needs_two_batches():
     learn = make_learner()
     learn.dls = DataLoaders(DataLoader(NoisyBlobs(16), batch_size=16), learn.dls.val, ["neg", "pos"], None)

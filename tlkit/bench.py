@@ -4,7 +4,7 @@ Each run is the lesson runner's (`run_lessons`): every lesson in its own process
 CPU time and peak memory. The two runs share one fresh `$TLKIT_CACHE` inside the bench folder, so the
 first is cold (features computed, datasets read from the embedded pack or `$TLKIT_DATA`) and the second
 warm. `bench.json` holds both, the warm/cold ratio, each lesson's share of the course and the cache entries
-(decoded images, features) each lesson built, so course-wide reuse shows; given a
+(decoded images, features, finished fits: `tlkit.fit_cache`) each lesson built, so course-wide reuse shows; given a
 previous `bench.json`, a table compares the two. Only ratios within one run are worth comparing across
 machines: absolute seconds depend on the machine.
 """
@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from . import image_cache
+from . import fit_cache, image_cache
 from .errors import ParameterError
 from .cli import REPO, LessonResult, run_lessons
 
@@ -42,16 +42,21 @@ def cache_at(path: Path) -> Iterator[None]:
             os.environ["TLKIT_CACHE"] = before
 
 
+KINDS = ("decoded", "features", "fits")
+
+
 def cache_entries(cache: Path) -> set[str]:
-    """The finished entries of a tlkit cache: decoded-image folders and feature files (temporary ones excluded)."""
+    """The finished entries of a tlkit cache: decoded-image folders, feature files and finished fits (temporary
+    ones excluded)."""
     decoded = {f"decoded/{p.name}" for p in (Path(cache) / image_cache.FOLDER).glob("*")
                if p.is_dir() and p.name[0] != "."}
-    feats = {f"features/{p.name}" for p in (Path(cache) / "features").glob("*.pt") if p.name[0] != "."}
-    return decoded | feats
+    files = {f"{kind}/{p.name}" for kind in ("features", fit_cache.FOLDER)
+             for p in (Path(cache) / kind).glob("*.pt") if p.name[0] != "."}
+    return decoded | files
 
 
 class EntryCounter:
-    """After each lesson (`run_lessons(after_each=...)`), how many decoded-image and feature entries it built.
+    """After each lesson (`run_lessons(after_each=...)`), how many decoded-image, feature and fit entries it built.
 
     Why: a warm run should build none, and a cold run shows which lessons reuse an earlier lesson's entries.
     """
@@ -62,7 +67,7 @@ class EntryCounter:
     def __call__(self, result: LessonResult) -> None:
         now = cache_entries(self.cache)
         new = now - self.seen
-        self.built[result.lesson] = {kind: sum(e.startswith(kind) for e in new) for kind in ("decoded", "features")}
+        self.built[result.lesson] = {kind: sum(e.startswith(kind + "/") for e in new) for kind in KINDS}
         self.seen = now
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from . import env
+from . import data, env, fit_cache
 from .errors import ParameterError
 from .validate import check_fraction, check_positive, check_positive_int
 
@@ -70,6 +70,7 @@ def setup(preset: str = "auto", device: str = "auto", seed: int = 0, *,
     check_values(values)
     env.seed_everything(seed)
     env.set_threads()
+    fit_cache.use(data.cache_dir() / fit_cache.FOLDER)   # a rerun reads finished fits back (TLKIT_FIT_CACHE=0: off)
     settings = Settings(preset=chosen, device=dev, seed=seed, values=values)
     if verbose:
         print(f"tlkit: preset={chosen} device={dev} seed={seed} | "

@@ -34,7 +34,7 @@ from .validate import check_fraction, check_positive_int
 __all__ = ["DataCopy", "DataLoaders", "DatasetInfo", "ImageList", "ScanResult", "Splits", "at_most_indices",
            "available_datasets", "cache_dir", "check_image", "dataloaders", "decode_size", "denormalize",
            "eval_resize", "eval_transform", "get_splits", "largest_image_size", "load_rgb", "locate",
-           "make_loader", "offline", "pack_index", "resolve", "scan_folder", "search_places",
+           "loader_generators", "make_loader", "offline", "pack_index", "resolve", "scan_folder", "search_places",
            "size_at_hand", "stratified_indices", "stratified_split", "train_transform", "CROP_FRACTION",
            "DEFAULT_NORM", "IMAGE_FORMATS", "IMAGE_SUFFIXES", "PACK_ROOT", "REGISTRY", "in_memory"]
 
@@ -747,6 +747,12 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool, num_workers: int = 
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       persistent_workers=num_workers > 0, generator=generator, **kwargs)
+
+
+def loader_generators(loader) -> list[torch.Generator]:
+    """The private random generators a loader draws from: its sampler's and its own (the global one aside)."""
+    found = [getattr(getattr(loader, "sampler", None), "generator", None), getattr(loader, "generator", None)]
+    return [g for g in found if isinstance(g, torch.Generator)]
 
 
 def dataloaders(dataset: str | os.PathLike | Splits = "hymenoptera", image_size: int = 128, norm=DEFAULT_NORM,

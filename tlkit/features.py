@@ -140,7 +140,9 @@ def compute_features(net: nn.Module, images: data.ImageList, batch_size: int = 6
     loader = data.make_loader(images, batch_size, shuffle=False, num_workers=num_workers)
     show = progress_enabled() if progress is None else progress
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    with models.eval_mode(body):
+    # fork_rng: iterating a loader draws from the global RNG, and reading the cache instead must leave the
+    # same random state behind (the fits that follow, and their fit-cache keys, depend on it)
+    with models.eval_mode(body), torch.random.fork_rng(devices=[]):
         try:
             body.to(device, memory_format=layout)
             chunks = [body(x.to(device, memory_format=layout)).float().cpu()

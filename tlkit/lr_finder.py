@@ -421,6 +421,20 @@ class LRFinder:
     def before_fit(self, learn) -> None:
         self.ratios = _group_ratios(learn.opt)
 
+    # the fit cache (`tlkit.fit_cache`) may read a sweep back instead of running it: these name the finder and
+    # keep what it recorded
+    def fit_cache_id(self, learn) -> str:
+        from .fit_cache import value_id
+        return value_id([self.schedule, self.beta, self.diverge, self.loss_floor, self.lrs, self.losses])
+
+    def fit_cache_state(self) -> dict:
+        return {"lrs": self.lrs, "losses": self.losses, "smoothed": self.smoothed, "reason": self.reason,
+                "avg": self._avg, "best": self._best}
+
+    def load_fit_cache_state(self, state: dict) -> None:
+        self.lrs, self.losses, self.smoothed = list(state["lrs"]), list(state["losses"]), list(state["smoothed"])
+        self.reason, self._avg, self._best = state["reason"], state["avg"], state["best"]
+
     def before_batch(self, learn) -> None:
         lr = float(self.schedule[len(self.lrs)])
         for group, ratio in zip(learn.opt.param_groups, self.ratios):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fit_cache
 from .errors import CheckpointError, ParameterError
 from .optim import param_groups
 from .progress import progress as progress_bar
@@ -178,11 +179,14 @@ class Learner:
         With `checkpoint`, a checkpoint is written after each epoch; `resume=True` continues from it
         and ends with the same weights as an uninterrupted run (bit for bit with num_workers=0).
         `callbacks` are called at each of `EVENTS`; one may raise `CancelEpoch` or `CancelFit`.
+        Where the fit cache is on (the lessons: `tlkit.fit_cache`), a fit without checkpoint that ran before with
+        exactly the same inputs is read back instead of trained again (with callbacks only if each one can say
+        what it is and keep its state: `fit_cache_id`, `fit_cache_state`, `load_fit_cache_state`).
         `validate=False` skips the validation pass after each epoch (its columns are NaN); `validate=k` runs it
         after every k-th epoch and the last (`scores_after`). Why: a curve needs a few points, and on a small
         network each pass over the validation set is a large share of an epoch.
         """
-        callbacks = _check_fit_args(epochs, lr, schedule, checkpoint, resume, callbacks)
+        callbacks, given = _check_fit_args(epochs, lr, schedule, checkpoint, resume, callbacks)
         if not isinstance(validate, bool):
             check_positive_int("validate", validate, 3)
         ckpt = Path(checkpoint) / "last.pt" if checkpoint else None
@@ -193,6 +197,12 @@ class Learner:
         steps_per_epoch = len(train_loader)
         if steps_per_epoch == 0:
             raise ValueError("the training loader is empty: check the dataset and batch size")
+        memo = fit_cache.lookup(self, epochs, lr, schedule, validate, steps_per_epoch, given) \
+            if not (ckpt or model is not self.net) else None
+        replayed = memo.replay(self) if memo else None
+        if replayed is not None:
+            self.history = pd.concat([self.history, pd.DataFrame(replayed)], ignore_index=True)
+            return pd.DataFrame(replayed)
         epoch_bar = progress_bar(range(start, epochs), desc="epochs", disable=not self.progress, leave=False)
         try:
             self._emit("before_fit", callbacks)
@@ -216,8 +226,11 @@ class Learner:
                 if ckpt and _is_main_process():
                     self._save_checkpoint(ckpt, epoch + 1, epochs, lr, rows)
                 self._emit("after_epoch", callbacks)
+            if memo:
+                memo.store(self, rows)
         except CancelFit:
-            pass
+            if memo:   # stopped by a callback the fit cache can name: as much the fit's result as its last epoch
+                memo.store(self, rows)
         except KeyboardInterrupt:
             where = f"; resume with fit(..., checkpoint={str(checkpoint)!r}, resume=True)" if ckpt else ""
             print(f"Interrupted in epoch {self.epoch + 1}: the weights are kept as they are and "
@@ -298,7 +311,8 @@ class Learner:
 
         Why: a time budget has to be turned into a number of images before the work starts. One batch is
         run first and not timed (first-call overheads), then `batches` are timed through the real loader,
-        so decoding and augmentation are counted.
+        so decoding and augmentation are counted. The random state is left as it was too, so a measurement
+        read back from the fit cache (`fit_cache.remembered`) leaves the same state as one taken.
         """
         check_positive_int("batches", batches, 2)
         state = copy_state(self.net)
@@ -306,21 +320,22 @@ class Learner:
         self.net.train(train)
         images, elapsed = 0, 0.0
         try:
-            loader = iter(self.dls.train)
-            for i in range(batches + 1):
-                t0 = time.perf_counter()
-                try:
-                    x, y = next(loader)
-                except StopIteration:
-                    break
-                x, y = self._to_device(x, y)
-                for xs, ys in _pieces(x, y, self.micro_batch if train else None):   # as `fit` runs them
-                    with (contextlib.nullcontext() if train else torch.inference_mode()), self.autocast():
-                        loss = self.loss_fn(self.net(xs), ys)
-                    if train and loss.requires_grad:
-                        loss.backward()
-                if i:
-                    elapsed, images = elapsed + time.perf_counter() - t0, images + y.shape[0]
+            with _random_state_kept(self.dls.train, self.device):
+                loader = iter(self.dls.train)
+                for i in range(batches + 1):
+                    t0 = time.perf_counter()
+                    try:
+                        x, y = next(loader)
+                    except StopIteration:
+                        break
+                    x, y = self._to_device(x, y)
+                    for xs, ys in _pieces(x, y, self.micro_batch if train else None):   # as `fit` runs them
+                        with (contextlib.nullcontext() if train else torch.inference_mode()), self.autocast():
+                            loss = self.loss_fn(self.net(xs), ys)
+                        if train and loss.requires_grad:
+                            loss.backward()
+                    if i:
+                        elapsed, images = elapsed + time.perf_counter() - t0, images + y.shape[0]
         finally:
             self.net.zero_grad(set_to_none=True)
             self.net.load_state_dict(state)
@@ -420,6 +435,20 @@ class Learner:
         return {"loss": self.last_losses.mean().item(), "acc": self.last_correct.float().mean().item()}
 
 
+@contextlib.contextmanager
+def _random_state_kept(loader, device: torch.device):
+    """Inside the block, draw freely: torch's global generators and `loader`'s own are put back afterwards."""
+    from .data import loader_generators
+    own = loader_generators(loader)
+    states = [g.get_state() for g in own]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            yield
+        finally:
+            for g, state in zip(own, states):
+                g.set_state(state)
+
+
 def _is_main_process() -> bool:
     return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
         torch.distributed.get_rank() == 0
@@ -475,8 +504,9 @@ def scores_after(epoch: int, epochs: int, validate: bool | int) -> bool:
     return epoch % validate == 0 or epoch == epochs
 
 
-def _check_fit_args(epochs, lr, schedule, checkpoint, resume, callbacks) -> list:
-    """Refuse `fit` arguments that would train wrongly, before anything changes; returns the callbacks."""
+def _check_fit_args(epochs, lr, schedule, checkpoint, resume, callbacks) -> tuple[list, list]:
+    """Refuse `fit` arguments that would train wrongly, before anything changes; returns the callbacks as
+    functions and as given."""
     check_positive_int("epochs", epochs, 5)
     check_lr(lr)
     if schedule is not None and not callable(schedule):
@@ -490,7 +520,7 @@ def _check_fit_args(epochs, lr, schedule, checkpoint, resume, callbacks) -> list
         raise ParameterError(f"callbacks={callbacks!r} must be a list of functions cb(event, learner) or objects "
                              "with event methods, e.g. callbacks=[tlkit.train.on('after_epoch', show)].")
     try:
-        return [_as_function(cb) for cb in listed]
+        return [_as_function(cb) for cb in listed], listed
     except ParameterError as exc:
         raise ParameterError(f"callbacks={callbacks!r}: {exc}") from None
 

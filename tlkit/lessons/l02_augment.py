@@ -20,9 +20,9 @@ from torchvision.transforms import v2
 from ..augment import ColorPCA, ColorShift, PCAColor
 from ..models import small_cnn
 from ..train import CancelFit, on
-from .. import metrics
+from .. import fit_cache, metrics
 
-__all__ = ["compare_augmentations", "fit_with_clean_train_acc", "generalisation_gap", "lighting_change",
+__all__ = ["CleanTrainAccuracy", "compare_augmentations", "fit_with_clean_train_acc", "generalisation_gap", "lighting_change",
            "lighting_views", "mean_history", "plot_accuracy_curves", "plot_eigvals", "plot_rgb_cloud",
            "plot_step_timeline", "time_steps", "verdict_colour_robustness", "verdict_fights_overfitting",
            "verdict_geometry_helps", "verdict_workers"]
@@ -98,6 +98,29 @@ def generalisation_gap(train_acc: float, val_acc: float) -> float:
     return float(train_acc) - float(val_acc)
 
 
+class CleanTrainAccuracy:
+    """A fit callback: the accuracy on un-augmented training images after every `every`-th epoch and the last."""
+
+    def __init__(self, loader: Iterable, epochs: int, every: int = 1):
+        self.loader, self.epochs, self.every, self.acc = loader, epochs, every, {}
+
+    def __call__(self, event: str, learner) -> None:
+        from ..train import scores_after
+        if event == "after_epoch" and scores_after(learner.epoch + 1, self.epochs, self.every):
+            self.acc[learner.epoch + 1] = learner.evaluate(self.loader)["acc"]
+
+    # the fit cache (`tlkit.fit_cache`) may read a fit back instead of running it: these name the callback and
+    # keep what it measured
+    def fit_cache_id(self, learn) -> str:
+        return f"{fit_cache.value_id(self.loader)}|{self.epochs}|{self.every}|{sorted(self.acc.items())}"
+
+    def fit_cache_state(self) -> dict:
+        return {"acc": self.acc}
+
+    def load_fit_cache_state(self, state: dict) -> None:
+        self.acc = {int(k): float(v) for k, v in state["acc"].items()}
+
+
 def fit_with_clean_train_acc(learn, epochs: int, lr: float, clean_train_loader: Iterable, curve_every: int = 1,
                              **fit_kwargs):
     """``learn.fit`` plus the accuracy on the training images *without* augmentation, every `curve_every` epochs.
@@ -110,17 +133,12 @@ def fit_with_clean_train_acc(learn, epochs: int, lr: float, clean_train_loader: 
     so the weights are those of a run scored every epoch; a DataLoader takes one number from torch's global
     generator per pass, which moves the random views of later epochs.
     """
-    from ..train import scores_after
     from ..validate import check_positive_int
     check_positive_int("curve_every", curve_every, 1)
-    clean: dict[int, float] = {}
-
-    def after_epoch(event: str, learner) -> None:
-        if event == "after_epoch" and scores_after(learner.epoch + 1, epochs, curve_every):
-            clean[learner.epoch + 1] = learner.evaluate(clean_train_loader)["acc"]
-
-    hist = learn.fit(epochs, lr, callbacks=[after_epoch, *fit_kwargs.pop("callbacks", [])], validate=curve_every,
+    scorer = CleanTrainAccuracy(clean_train_loader, epochs, curve_every)
+    hist = learn.fit(epochs, lr, callbacks=[scorer, *fit_kwargs.pop("callbacks", [])], validate=curve_every,
                      **fit_kwargs)
+    clean = scorer.acc
     if len(hist) and int(hist["epoch"].iloc[-1]) not in clean:     # stopped early by a callback: score the end
         val = learn.evaluate()
         hist.loc[hist.index[-1], ["val_loss", "val_acc"]] = val["loss"], val["acc"]

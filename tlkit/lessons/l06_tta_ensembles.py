@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import claims
+from .. import claims, fit_cache
 from .. import metrics
 from ..env import seed_everything
 from ..ensembles import average_weights, interpolate_weights, member_logits
@@ -273,7 +273,10 @@ def cross_fitted_logits(body: nn.Module, heads: Sequence[nn.Module], fold: torch
     model = _EveryHead(body, heads)
     homes = [model_device(m) for m in (body, *heads)]
     try:
-        stacked, targets = tta_logits(model.to(device or homes[0]), images, transform, progress=progress)
+        model.to(device or homes[0], memory_format=torch.channels_last)   # as `tta_logits` leaves it, read back or not
+        stacked, targets = fit_cache.computed(
+            "cross_fitted_logits", {"model": model, "images": images, "transform": transform},
+            lambda: tta_logits(model, images, transform, progress=progress))
     finally:
         for m, home in zip((body, *heads), homes):
             m.to(home)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .. import claims, data, features, models, schedules, tta
+from .. import claims, data, features, fit_cache, models, schedules, tta
 from ..augment import augmented_transform
 from ..env import seed_everything
 from ..lr_finder import LRFinderResult, lr_find
@@ -293,6 +293,21 @@ class BestEpoch:
             self.states[learn.epoch + 1] = models.copy_state(self.module)
             self.correct[learn.epoch + 1] = learn.last_correct.cpu().numpy().astype(bool)
 
+    # the fit cache (`tlkit.fit_cache`) may read a fit back instead of running it: these keep and restore what
+    # the keeper saw
+    def fit_cache_id(self, learn: Learner) -> str | None:
+        """Which module it keeps and whether it starts fresh; None (not cacheable) for a module outside the net."""
+        name = next((n for n, m in learn.net.named_modules() if m is self.module), None)
+        return None if name is None else f"{name}|{self.best_acc}|{sorted(self.states)}"
+
+    def fit_cache_state(self) -> dict:
+        return {"best_acc": self.best_acc, "states": self.states,
+                "correct": {k: torch.from_numpy(v) for k, v in self.correct.items()}}
+
+    def load_fit_cache_state(self, state: dict) -> None:
+        self.best_acc, self.states = state["best_acc"], dict(state["states"])
+        self.correct = {k: v.numpy().astype(bool) for k, v in state["correct"].items()}
+
     def restore(self, history: pd.DataFrame) -> int:
         """Load the best epoch's weights; returns its number (1-based, within this fit)."""
         rows = history[history["epoch"].isin(list(self.states))]
@@ -432,11 +447,14 @@ class Recipe:
         check_positive_int("unfreeze_epochs", unfreeze_epochs, 1, allow_zero=True)
         was = [p.requires_grad for p in self.net.parameters()]
         models.freeze(self.net)
-        t = {"forward": self.learn.seconds_per_image(batches, train=False),
-             "head only": self.learn.seconds_per_image(batches)}
+        def speed(what: str, train: bool = True) -> float:   # measured once per machine and settings
+            return fit_cache.remembered(self.learn, f"seconds_per_image|{what}|{batches}",
+                                        lambda: self.learn.seconds_per_image(batches, train=train))
+
+        t = {"forward": speed("forward", train=False), "head only": speed("head only")}
         models.unfreeze(self.net)
         models.freeze_batchnorm(self.net)
-        t["whole network"] = self.learn.seconds_per_image(batches)
+        t["whole network"] = speed("whole network")
         for p, flag in zip(self.net.parameters(), was):
             p.requires_grad_(flag)
         plan = WorkPlan.size(budget_s, t, len(self.splits.train), len(self.splits.val),
@@ -689,13 +707,14 @@ class Recipe:
         """Merged probabilities over test-time views: crop views ("flip", "five", "ten") or "aug"."""
         images = self.splits.val if images is None else images
         norm, decode = self.net.norm, data.decode_size(self.image_size)
+        transform = tta.aug_transform(self.image_size, norm, n_aug, augment=self.train_tfm) if mode == "aug" \
+            else tta.view_transform(self.image_size, norm, mode)
+        logits, y = fit_cache.computed(   # read back on a rerun with the same network, images and views
+            "tta_logits", {"model": self.net, "images": images, "transform": transform, "batch": self.batch_size,
+                           "decode": decode},
+            lambda: tta.tta_logits(self.net, images, transform, batch_size=self.batch_size, decode_size=decode))
         if mode == "aug":
-            logits, y = tta.tta_logits(self.net, images, tta.aug_transform(self.image_size, norm, n_aug,
-                                                                           augment=self.train_tfm),
-                                       batch_size=self.batch_size, decode_size=decode)
             return tta.blend(logits[:, 0].softmax(-1), tta.merge(logits[:, 1:]), beta), y
-        logits, y = tta.tta_logits(self.net, images, tta.view_transform(self.image_size, norm, mode),
-                                   batch_size=self.batch_size, decode_size=decode)
         return tta.merge(logits), y
 
     def tta(self, mode: str = "flip", **kwargs) -> StepResult:
