@@ -226,15 +226,19 @@ def test_the_environment_switches_the_cache_off(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.pt"))
 
 
-def test_computing_features_leaves_the_random_state_as_reading_them_does():
+def test_computing_features_leaves_the_random_state_and_the_layout_as_reading_them_does():
     from tlkit import features, models
     body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     wrapped = models.Net(body, nn.Linear(4, 2), [body, nn.Linear(4, 2)], 4, data.DEFAULT_NORM, "tiny", False)
     torch.manual_seed(0)
     before = torch.get_rng_state()
-    features.compute_features(wrapped, images().with_transform(data.eval_transform(8)), batch_size=16,
-                              progress=False)
-    assert torch.equal(torch.get_rng_state(), before)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        body.to(memory_format=layout)
+        features.compute_features(wrapped, images().with_transform(data.eval_transform(8)), batch_size=16,
+                                  progress=False, channels_last=layout is not torch.channels_last)
+        assert torch.equal(torch.get_rng_state(), before)
+        assert body[0].weight.is_contiguous(memory_format=layout) and (
+            layout is torch.channels_last) != body[0].weight.is_contiguous()
 
 
 SCRIPT = textwrap.dedent("""
