@@ -341,3 +341,17 @@ def test_an_lr_sweep_that_its_finder_stops_is_read_back_with_its_curve(cache):
     np.testing.assert_array_equal(first.losses, again.losses)
     np.testing.assert_array_equal(first.lrs, again.lrs)
     assert again.weights_restored
+
+
+def test_the_cache_keeps_to_its_size_by_removing_the_oldest_entries(tmp_path, monkeypatch):
+    for i, name in enumerate(["a.pt", "computed/b.pt", "c.pt", "d.pt"]):
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, ns=(10 ** 18 + i * 10 ** 9, 10 ** 18 + i * 10 ** 9))   # written one second apart
+    removed = fit_cache.prune(tmp_path, limit=2500)
+    assert sorted(p.name for p in removed) == ["a.pt", "b.pt"] and (tmp_path / "d.pt").exists()
+    monkeypatch.setenv("TLKIT_FIT_CACHE_GB", "0.5")
+    assert fit_cache.limit_bytes() == 2 ** 29
+    monkeypatch.setenv("TLKIT_FIT_CACHE_GB", "much")
+    assert fit_cache.limit_bytes() == 2 * 2 ** 30

@@ -35,8 +35,8 @@ from .data import loader_generators
 from .errors import CheckpointError
 from .storage import atomic_save, atomic_write
 
-__all__ = ["CALLBACK_METHODS", "FOLDER", "Memo", "Uncachable", "active_folder", "computed", "describe", "lookup",
-           "remembered", "use", "value_id"]
+__all__ = ["CALLBACK_METHODS", "FOLDER", "Memo", "Uncachable", "active_folder", "computed", "describe", "limit_bytes",
+           "lookup", "prune", "remembered", "use", "value_id"]
 
 FOLDER = "fits"
 FORMAT = 1
@@ -393,7 +393,8 @@ class Memo:
         try:
             atomic_save(_plain(state), self.path)
         except OSError:
-            pass
+            return
+        prune(self.path.parent)
 
 
 def _machine() -> str:
@@ -482,9 +483,39 @@ def computed(what: str, inputs: dict, compute: Callable[[], Any]) -> Any:
     value = compute()
     try:
         atomic_save(_plain({"key": text, "value": value, "rng": rng_state()}), path)
+        prune(folder)
     except OSError:
         pass
     return value
+
+
+def limit_bytes() -> int:
+    """How much disk the fit cache may hold: `TLKIT_FIT_CACHE_GB` (default 2; the quick course fills about 0.9)."""
+    try:
+        gb = float(os.environ.get("TLKIT_FIT_CACHE_GB", "2"))
+    except ValueError:
+        gb = 2.0
+    return int(max(gb, 0.0) * 1024 ** 3)
+
+
+def prune(folder: Path, limit: int | None = None) -> list[Path]:
+    """Delete the oldest entries (by when they were written) until the folder holds at most `limit` bytes."""
+    limit = limit_bytes() if limit is None else limit
+    entries = []
+    for path in Path(folder).rglob("*.pt"):
+        try:
+            st = path.stat()
+        except OSError:
+            continue   # removed by another process meanwhile
+        entries.append((st.st_mtime_ns, st.st_size, path))
+    total, removed = sum(size for _, size, _ in entries), []
+    for _, size, path in sorted(entries):
+        if total <= limit:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+        removed.append(path)
+    return removed
 
 
 def _explain(exc: Exception) -> None:
