@@ -118,6 +118,12 @@ def _changes():
     def hidden_setting(learn):     # a transform attribute its printed form does not show
         learn.dls.train.dataset.transform.transforms[-1].note = 1
 
+    def module_setting(learn):     # an attribute its printed form does not show (timm's drop_rate, say)
+        learn.net[0].note = 1
+
+    def layout(learn):                # the Learner made it channels-last
+        learn.net.to(memory_format=torch.contiguous_format)
+
     def rng(learn):
         pass   # `key` draws one number before describing this learner
 
@@ -136,8 +142,8 @@ def _changes():
     def wd(learn):
         learn.wd = 0.0
 
-    return {f.__name__: f for f in (weight, frozen, mode, pixel, label, crop, hidden_setting, rng, sampler, smoothing,
-                                    pieces, threads, wd)}
+    return {f.__name__: f for f in (weight, frozen, mode, pixel, label, crop, hidden_setting, module_setting, layout,
+                                    rng, sampler, smoothing, pieces, threads, wd)}
 
 
 @pytest.mark.parametrize("change", sorted(_changes()))
@@ -161,6 +167,31 @@ def test_every_input_of_a_fit_is_in_its_key(change):
         torch.set_num_threads(threads)
     assert key(learner(), epochs=3) != base and key(learner(), lr=2e-2) != base
     assert key(learner(), schedule=schedules.cosine(2)) != key(learner(), schedule=schedules.one_cycle(2))
+
+
+EPS = 0.0
+
+
+class ShiftedLoss(nn.Module):
+    """A loss whose forward reads a module-level setting."""
+
+    def forward(self, out, y):
+        return F.cross_entropy(out + EPS, y)
+
+
+def test_code_is_named_by_what_it_does_not_where_it_is_written(monkeypatch):
+    constant, decaying = [lambda t: 1.0, lambda t: 0.1 ** t]      # one line, one qualified name
+    assert fit_cache.value_id(constant) != fit_cache.value_id(decaying)
+    before = fit_cache.value_id(ShiftedLoss())
+    monkeypatch.setattr(sys.modules[__name__], "EPS", 1.0)
+    assert fit_cache.value_id(ShiftedLoss()) != before               # a global its method reads
+    import random
+    assert fit_cache.value_id(random.Random(0)) != fit_cache.value_id(random.Random(1))
+
+
+def test_numpy_numbers_as_fit_arguments_are_keyed_like_python_ones(cache):
+    learner().fit(np.int64(1), np.float64(1e-2), validate=np.int64(1))
+    assert len(list(cache.glob("*.pt"))) == 1
 
 
 def test_fits_whose_inputs_cannot_be_named_always_train(cache):

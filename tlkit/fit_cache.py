@@ -40,8 +40,12 @@ __all__ = ["CALLBACK_METHODS", "FOLDER", "Memo", "Uncachable", "active_folder", 
 
 FOLDER = "fits"
 FORMAT = 1
+# A callback opts in with `fit_cache_id(learn)` (what it is as the fit starts; None: not cacheable),
+# `fit_cache_state()` (what it holds as the fit ends: tensors, numbers, strings, lists, dicts) and
+# `load_fit_cache_state(state)`. A fit read back calls no event (no before_fit, no after_fit): only the last.
 CALLBACK_METHODS = ("fit_cache_id", "fit_cache_state", "load_fit_cache_state")
 _TRUSTED = ("torch", "torchvision", "timm", "tlkit", "numpy", "builtins", "functools")
+_NAMING: set = set()   # classes being named right now (a method may read its own class)
 _state: dict[str, Any] = {"folder": None, "told": False, "told_measured": False}
 
 
@@ -113,9 +117,18 @@ def _class_id(cls: type) -> str:
     if _trusted(cls.__module__):
         return name
     try:
-        return f"{name}:{_digest(inspect.getsource(cls).encode())}"
+        source = inspect.getsource(cls)
     except (OSError, TypeError):
         raise Uncachable(f"the source of class {name} is not at hand") from None
+    if cls in _NAMING:                   # a method that reads its own class: named by its source above
+        return f"{name}:{_digest(source.encode())}"
+    _NAMING.add(cls)
+    try:   # what its methods read (a global EPS) and its own bases outside the known packages count too
+        methods = {k: _function_id(v, 1) for c in cls.__mro__ if not _trusted(c.__module__)
+                   for k, v in vars(c).items() if inspect.isfunction(v)}
+    finally:
+        _NAMING.discard(cls)
+    return f"{name}:{_digest(source.encode(), repr(sorted(methods.items())).encode())}"
 
 
 def value_id(value, depth: int = 0) -> str:
@@ -157,11 +170,16 @@ def value_id(value, depth: int = 0) -> str:
     if inspect.isfunction(value):
         return _function_id(value, depth + 1)
     if inspect.isbuiltin(value):
-        return f"{value.__module__}.{value.__qualname__}"
+        owner = getattr(value, "__self__", None)
+        bound = "" if owner is None or inspect.ismodule(owner) else f"@{value_id(owner, depth + 1)}"
+        return f"{value.__module__}.{value.__qualname__}{bound}"
+    if isinstance(value, random.Random):
+        return _digest(repr(value.getstate()).encode())
     if isinstance(value, nn.Module):   # its own settings, its children, its parameters and buffers
         children = {name: value_id(child, depth + 1) for name, child in value.named_children()}
         own = {k: value_id(v, depth + 1) for k, v in _attributes(value).items()}
-        return f"{_class_id(type(value))}({own};{children};{_state_digest(value.state_dict())})"
+        devices = sorted({str(t.device) for t in (*value.parameters(), *value.buffers())})
+        return f"{_class_id(type(value))}({own};{children};{_state_digest(value.state_dict())};{devices})"
     if hasattr(value, "__dict__") and not inspect.ismodule(value):
         return f"{_class_id(type(value))}({value_id(_attributes(value), depth + 1)})"
     raise Uncachable(f"{type(value).__qualname__} objects cannot be named")
@@ -177,16 +195,21 @@ def _attributes(obj) -> dict:
     return {k: v for k, v in vars(obj).items() if k not in skip}
 
 
+def _code_id(code) -> str:
+    """A code object by its bytecode, names and constants (nested code included): two lambdas on one line differ."""
+    consts = [_code_id(c) if inspect.iscode(c) else repr(c) for c in code.co_consts]
+    return _digest(code.co_code, repr((code.co_names, code.co_varnames, code.co_freevars, consts)).encode())
+
+
 def _function_id(fn, depth: int) -> str:
-    name = f"{fn.__module__}.{fn.__qualname__}"
-    read = {}
-    if not _trusted(fn.__module__):   # e.g. from a notebook: its source and the globals it reads (`cfg`)
-        try:
-            name += ":" + _digest(inspect.getsource(fn).encode())
-        except (OSError, TypeError):
-            raise Uncachable(f"the source of {name} is not at hand") from None
-        read = _globals_read(fn)
-    captured = [c.cell_contents for c in fn.__closure__ or ()]
+    """A function by its name and code, the values it captured and its defaults; from outside the known packages
+    (a notebook) also the globals it reads (a `cfg` value)."""
+    name = f"{fn.__module__}.{fn.__qualname__}:{_code_id(fn.__code__)}"
+    read = {} if _trusted(fn.__module__) else _globals_read(fn)
+    try:   # `__class__` (from super()) is the class being named
+        captured = [c.cell_contents for v, c in zip(fn.__code__.co_freevars, fn.__closure__ or ()) if v != "__class__"]
+    except ValueError:   # a cell not filled yet
+        raise Uncachable(f"{fn.__qualname__} captures a name not yet assigned") from None
     return f"{name}({value_id([read, captured, fn.__defaults__, fn.__kwdefaults__], depth)})"
 
 
@@ -214,13 +237,33 @@ def _net_parts(net: nn.Module, tensors: dict[str, str]) -> dict:
     hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
              "_state_dict_hooks", "_load_state_dict_pre_hooks")
     modules = list(net.named_modules())
+    paths = {id(m): n for n, m in modules}
+    if any(p._backward_hooks for p in net.parameters()):
+        raise Uncachable("a parameter has a gradient hook")
+    buffers = {n: _tensor_digest(b) for n, b in net.named_buffers() if n not in tensors}   # not in the state dict
     return {"structure": _digest(repr(net).encode()),
+            "settings": _digest(repr([(n, _own_settings(m, paths)) for n, m in modules]).encode()),
+            "other_buffers": buffers,
+            "layout": "".join("l" if p.dim() == 4 and not p.is_contiguous() else "c" for p in net.parameters()),
             "classes": sorted({_class_id(type(m)) for _, m in modules}),
             "state": _digest(json.dumps(tensors).encode()),
             "trainable": _digest(",".join(n for n, p in net.named_parameters() if p.requires_grad).encode()),
             "training": "".join("1" if m.training else "0" for _, m in modules),
             "hooks": [f"{name}.{kind}:{value_id(h)}" for name, m in modules for kind in hooks
                       for h in getattr(m, kind, {}).values()]}
+
+
+def _own_settings(module: nn.Module, paths: dict[int, str]) -> str:
+    """A module's own attributes (timm's `drop_rate`, say); a module of the same network, as a layer group list
+    holds, by its path (its contents are named with the network)."""
+    def ref(v):
+        if isinstance(v, nn.Module) and id(v) in paths:
+            return f"module {paths[id(v)]}"
+        if isinstance(v, (list, tuple)) and any(isinstance(x, nn.Module) for x in v):
+            return [ref(x) for x in v]
+        return v
+    attributes = _attributes(module)
+    return value_id({k: ref(v) for k, v in attributes.items()}) if attributes else ""
 
 
 def _dataset_id(ds) -> str:
@@ -252,6 +295,8 @@ def _loader_id(loader) -> str:
         raise Uncachable(f"a sampler of type {type(sampler).__qualname__} cannot be named")
     if loader.batch_sampler is not None and type(loader.batch_sampler) is not BatchSampler:
         raise Uncachable("a custom batch sampler cannot be named")
+    if loader.num_workers and loader.persistent_workers:
+        raise Uncachable("persistent workers carry their random state from one pass to the next")
     return (f"{_dataset_id(loader.dataset)};{order};{loader.batch_size};{loader.drop_last};{loader.num_workers};"
             f"{value_id(loader.collate_fn)};{value_id(loader.worker_init_fn)};"
             f"{[_tensor_digest(g.get_state()) for g in loader_generators(loader)]}")
@@ -301,15 +346,16 @@ def describe(learn, epochs: int, lr, schedule: Callable | None, validate, steps_
                "params": [names[id(p)] for p in g["params"]]} for g in learn.opt.param_groups]
     device = learn.device
     return {"format": FORMAT, "code": _code_digest(), "versions": _versions(), "settings": _settings_id(),
-            "device": str(device) + (f":{torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+            "machine": _machine(), "device": str(device) + (f":{torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
             "net": _net_parts(learn.net, tensors or _tensor_digests(learn.net.state_dict())),
             "optimizer": {"class": _class_id(type(learn.opt)), "groups": groups,
                           "state": _state_digest(_flat(learn.opt.state_dict()["state"]))},
             "learner": {"precision": learn.precision, "channels_last": learn.channels_last,
-                        "micro_batch": learn.micro_batch, "loss": value_id(learn.loss_fn)},
+                        "micro_batch": value_id(learn.micro_batch), "loss": value_id(learn.loss_fn)},
             "data": {"train": _loader_id(learn.dls.train), "val": _loader_id(getattr(learn.dls, "val", None))},
             "callbacks": [_callback_id(cb, learn) for cb in callbacks],
-            "fit": {"epochs": epochs, "lr": repr(lr), "validate": validate, "steps_per_epoch": steps_per_epoch,
+            "fit": {"epochs": int(epochs), "lr": value_id(lr) if not isinstance(lr, slice) else repr(lr),
+                    "validate": value_id(validate), "steps_per_epoch": int(steps_per_epoch),
                     "schedule": value_id(schedule)},   # named, not called: a schedule may count its calls
             "rng": _rng_id()}
 
@@ -340,10 +386,8 @@ class Memo:
         A missing, damaged or foreign entry gives None (and a damaged one is removed), so the fit runs.
         """
         from .train import load_checkpoint, set_rng_state
-        if not self.path.exists():
-            return None
-        try:
-            state = load_checkpoint(self.path, learn.device, "",
+        try:   # on the CPU: generator states must be there, and load_state_dict copies to the net's device
+            state = load_checkpoint(self.path, "cpu", "",
                                     ("key", "changed", "lrs", "history", "rng", "training", "last", "callbacks"))
             modules = [m for _, m in learn.net.named_modules()]
             if state["key"] != self.text:
@@ -351,7 +395,9 @@ class Memo:
             if len(state["training"]) != len(modules) or len(state["lrs"]) != len(learn.opt.param_groups) \
                     or not set(state["changed"]) <= set(self.start) or len(state["callbacks"]) != len(self.callbacks):
                 raise CheckpointError("the entry does not fit this network")
-        except CheckpointError:
+        except FileNotFoundError:
+            return None                        # not trained yet (or just pruned by another process)
+        except (CheckpointError, OSError):
             self.path.unlink(missing_ok=True)
             return None
         learn.net.load_state_dict(state["changed"], strict=False)
@@ -377,7 +423,7 @@ class Memo:
     def store(self, learn, rows: list[dict]) -> None:
         """Keep the end state of a fit that ran to its end: all its epochs, or until a callback stopped it
         (`CancelFit`). A failed write only loses the shortcut."""
-        from .train import _plain, rng_state
+        from .train import rng_state
         end = learn.net.state_dict()
         changed = {k: v for k, v in end.items() if _tensor_digests({k: v})[k] != self.start.get(k)}
         state = {"key": self.text, "changed": changed, "lrs": [g["lr"] for g in learn.opt.param_groups],
@@ -390,11 +436,7 @@ class Memo:
         for name in ("last_correct", "last_losses"):
             if getattr(learn, name) is not None:
                 state[name] = getattr(learn, name)
-        try:
-            atomic_save(_plain(state), self.path)
-        except OSError:
-            return
-        prune(self.path.parent)
+        _save(state, self.path)
 
 
 def _machine() -> str:
@@ -460,33 +502,45 @@ def computed(what: str, inputs: dict, compute: Callable[[], Any]) -> Any:
     Why: a forward pass of many views of every image (lesson 06's TTA) is most of what a rerun would repeat once
     its fits are read back.
     """
-    from .train import _plain, load_checkpoint, rng_state, set_rng_state
+    from .train import load_checkpoint, rng_state, set_rng_state
     folder = active_folder()
     if folder is None:
         return compute()
     try:
         text = json.dumps({"what": what, "format": FORMAT, "code": _code_digest(), "versions": _versions(),
-                           "settings": _settings_id(), "inputs": value_id(inputs), "rng": _rng_id()}, sort_keys=True)
-    except Uncachable as exc:
+                           "settings": _settings_id(), "machine": _machine(), "inputs": value_id(inputs),
+                           "rng": _rng_id()}, sort_keys=True)
+    except (Uncachable, TypeError, ValueError, RuntimeError) as exc:
         _explain(exc)
         return compute()
     path = folder / "computed" / f"{_digest(text.encode())}.pt"
-    if path.exists():
-        try:
-            state = load_checkpoint(path, "cpu", "", ("key", "value", "rng"))
-            if state["key"] != text:
-                raise CheckpointError("the entry was written for other inputs")
-            set_rng_state(state["rng"])
-            return state["value"]
-        except CheckpointError:
-            path.unlink(missing_ok=True)
-    value = compute()
     try:
-        atomic_save(_plain({"key": text, "value": value, "rng": rng_state()}), path)
-        prune(folder)
-    except OSError:
-        pass
+        state = load_checkpoint(path, "cpu", "", ("key", "value", "rng"))
+        if state["key"] != text:
+            raise CheckpointError("the entry was written for other inputs")
+        set_rng_state(state["rng"])
+        return state["value"]
+    except FileNotFoundError:
+        pass                                   # not computed yet (or just pruned by another process)
+    except (CheckpointError, OSError):
+        path.unlink(missing_ok=True)
+    value = compute()
+    _save({"key": text, "value": value, "rng": rng_state()}, path)
     return value
+
+
+def _save(state: dict, path: Path) -> None:
+    """Write an entry (only tensors, numbers, strings, lists and dicts, which load without running code); a failed
+    write only loses the shortcut."""
+    from .train import _is_plain, _plain
+    state = _plain(state)
+    if not _is_plain(state):
+        return
+    try:
+        atomic_save(state, path)
+    except Exception:   # a full disk surfaces as OSError or RuntimeError
+        return
+    prune(path.parent if path.parent.name == FOLDER else path.parent.parent)
 
 
 def limit_bytes() -> int:
@@ -532,6 +586,6 @@ def lookup(learn, epochs: int, lr, schedule, validate, steps_per_epoch: int, cal
         tensors = _tensor_digests(learn.net.state_dict())
         parts = describe(learn, epochs, lr, schedule, validate, steps_per_epoch, callbacks, tensors)
         return Memo(folder, parts, tensors, callbacks)
-    except Uncachable as exc:
+    except (Uncachable, TypeError, ValueError, RuntimeError) as exc:   # e.g. a lazy parameter not made yet
         _explain(exc)
         return None

@@ -201,8 +201,9 @@ class Learner:
             if not (ckpt or model is not self.net) else None
         replayed = memo.replay(self) if memo else None
         if replayed is not None:
-            self.history = pd.concat([self.history, pd.DataFrame(replayed)], ignore_index=True)
-            return pd.DataFrame(replayed)
+            new = pd.DataFrame(replayed)
+            self.history = pd.concat([self.history, new], ignore_index=True) if len(new) else self.history
+            return new
         epoch_bar = progress_bar(range(start, epochs), desc="epochs", disable=not self.progress, leave=False)
         try:
             self._emit("before_fit", callbacks)
